@@ -1,0 +1,458 @@
+"""XUT (Cross-U-Transformer), the HDM denoiser, written from the reference description.
+
+Module and parameter names are those of the released checkpoint (minus its ``unet.model.``
+prefix), so released files, LoRA/LyCORIS adapters and ComfyUI's key maps line up 1:1.
+Every layer comes from ``operations`` (default ``torch.nn``; ComfyUI passes its cast-aware
+ops) and attention goes through a pluggable function (default PyTorch SDPA).
+
+Two peculiarities of the released model are reproduced on purpose:
+
+* the residual of every sub-layer is added to the *normalised and modulated* stream,
+  not to the block input (``n = norm(x)·(1+scale)+shift; x = n + f(n)·(1+gate)``);
+* the adaLN vectors are split in the order (scale, shift, gate).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from . import tread as tread_ops
+from .attention import AttentionLike, sdpa_attention
+from .config import XUTConfig
+from .positions import axial_grid, downsample_pos_map
+from .rope import AxialRoPE, apply_rope
+
+Modulation = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _factory(dtype, device) -> dict[str, Any]:
+    return {"dtype": dtype, "device": device}
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, dim, heads, dim_head, attention, operations, dtype=None, device=None) -> None:
+        super().__init__()
+        self.heads, self.dim_head = heads, dim_head
+        self.attention = attention
+        self.qkv = operations.Linear(dim, 3 * heads * dim_head, bias=False, **_factory(dtype, device))
+        self.out = operations.Linear(heads * dim_head, dim, **_factory(dtype, device))
+        self.rope = AxialRoPE(heads, dim_head, **_factory(dtype, device))
+
+    def forward(self, x, pos, mask=None, transformer_options=None) -> torch.Tensor:
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, self.dim_head).unbind(2)
+        cos, sin = self.rope.cos_sin(pos)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        out = self.attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask=mask, transformer_options=transformer_options
+        )
+        return self.out(out)
+
+
+class CrossAttention(nn.Module):
+    """Queries from the stream, keys/values from the final encoder output (same token layout)."""
+
+    def __init__(self, dim, heads, dim_head, attention, operations, dtype=None, device=None) -> None:
+        super().__init__()
+        self.heads, self.dim_head = heads, dim_head
+        self.attention = attention
+        self.q = operations.Linear(dim, heads * dim_head, bias=False, **_factory(dtype, device))
+        self.kv = operations.Linear(dim, 2 * heads * dim_head, bias=False, **_factory(dtype, device))
+        self.out = operations.Linear(heads * dim_head, dim, **_factory(dtype, device))
+        self.rope = AxialRoPE(heads, dim_head, **_factory(dtype, device))
+
+    def forward(self, x, memory, pos, mask=None, transformer_options=None) -> torch.Tensor:
+        b, n, _ = x.shape
+        q = self.q(x).view(b, n, self.heads, self.dim_head)
+        k, v = self.kv(memory).view(b, memory.shape[1], 2, self.heads, self.dim_head).unbind(2)
+        cos, sin = self.rope.cos_sin(pos)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        out = self.attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask=mask, transformer_options=transformer_options
+        )
+        return self.out(out)
+
+
+class SwiGLU(nn.Module):
+    """``w3(silu(a) · b)`` with ``(a, b)`` the two halves of ``w12`` (gate half first)."""
+
+    def __init__(self, dim, hidden, operations, dtype=None, device=None) -> None:
+        super().__init__()
+        self.w12 = operations.Linear(dim, 2 * hidden, **_factory(dtype, device))
+        self.w3 = operations.Linear(hidden, dim, **_factory(dtype, device))
+
+    def forward(self, x) -> torch.Tensor:
+        a, b = self.w12(x).chunk(2, dim=-1)
+        return self.w3(F.silu(a) * b)
+
+
+class AdaLN(nn.Module):
+    """RMSNorm whose scale/shift come from the shared adaLN vectors (no Linear of its own)."""
+
+    def __init__(self, dim, operations, dtype=None, device=None) -> None:
+        super().__init__()
+        self.norm = operations.RMSNorm(dim, eps=1e-6, **_factory(dtype, device))
+
+    def forward(self, x, scale1: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(shift, self.norm(x), scale1)
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, cfg: XUTConfig, cross_attn: bool, attention, operations, dtype=None, device=None) -> None:
+        super().__init__()
+        kw = _factory(dtype, device)
+        self.attn_pre_norm = AdaLN(cfg.dim, operations, **kw)
+        self.attn = SelfAttention(cfg.dim, cfg.heads, cfg.dim_head, attention, operations, **kw)
+        if cross_attn:
+            self.xattn_pre_norm = AdaLN(cfg.dim, operations, **kw)
+            self.xattn = CrossAttention(cfg.dim, cfg.heads, cfg.dim_head, attention, operations, **kw)
+        else:
+            self.xattn_pre_norm = self.xattn = None
+        self.mlp_pre_norm = AdaLN(cfg.dim, operations, **kw)
+        self.mlp = SwiGLU(cfg.dim, cfg.mlp_dim, operations, **kw)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mods: dict[str, Modulation],
+        pos: torch.Tensor,
+        memory: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        transformer_options: dict | None = None,
+    ) -> torch.Tensor:
+        scale1, shift, gate1 = mods["attn"]
+        n = self.attn_pre_norm(x, scale1, shift)
+        x = torch.addcmul(n, self.attn(n, pos, mask, transformer_options), gate1)
+        if self.xattn is not None:
+            scale1, shift, gate1 = mods["xattn"]
+            n = self.xattn_pre_norm(x, scale1, shift)
+            x = torch.addcmul(n, self.xattn(n, memory, pos, mask, transformer_options), gate1)
+        scale1, shift, gate1 = mods["ffw"]
+        n = self.mlp_pre_norm(x, scale1, shift)
+        return torch.addcmul(n, self.mlp(n), gate1)
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, patch_size, in_dim, dim, operations, dtype=None, device=None) -> None:
+        super().__init__()
+        self.proj = operations.Conv2d(in_dim, dim, patch_size, stride=patch_size, **_factory(dtype, device))
+
+    def forward(self, x) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class UnPatch(nn.Module):
+    def __init__(self, patch_size, dim, out_dim, operations, dtype=None, device=None) -> None:
+        super().__init__()
+        self.patch_size, self.out_dim = patch_size, out_dim
+        self.proj = operations.Linear(dim, patch_size * patch_size * out_dim, **_factory(dtype, device))
+
+    def forward(self, x, height: int, width: int) -> torch.Tensor:
+        p, c = self.patch_size, self.out_dim
+        b = x.shape[0]
+        # Features are ordered (row-in-patch, col-in-patch, channel), channel fastest.
+        x = self.proj(x).view(b, height // p, width // p, p, p, c)
+        return x.permute(0, 5, 1, 3, 2, 4).reshape(b, c, height, width)
+
+
+class TimestepEmbedding(nn.Module):
+    """``Mish(Linear(cat(cos, sin)(1000·t·freqs)))``; ``freqs`` is a persistent buffer.
+
+    Released files carry an fp16-rounded copy of ``freqs`` that the model was used with, so
+    the loader keeps the file's values. The buffer is held in float32 and the phases (up to
+    1000 rad) are always computed in at least float32.
+    """
+
+    def __init__(self, dim, operations, dtype=None, device=None) -> None:
+        super().__init__()
+        half = dim // 2
+        freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32) / half)[None]
+        self.register_buffer("freqs", freqs.to(device=device), persistent=True)
+        self.proj = nn.Sequential(operations.Linear(dim, dim, **_factory(dtype, device)), nn.Mish())
+
+    def forward(self, t: torch.Tensor, batch: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        phase_dtype = torch.promote_types(dtype, torch.float32)
+        t = t.to(device, phase_dtype).reshape(-1, 1)
+        if t.shape[0] == 1 and batch != 1:
+            t = t.expand(batch, 1)
+        if t.shape[0] != batch:
+            raise ValueError(f"got {t.shape[0]} timesteps for a batch of {batch}")
+        phase = (t * 1000) * self.freqs.to(device, phase_dtype)
+        emb = torch.cat([phase.cos(), phase.sin()], dim=-1).to(dtype)
+        return self.proj(emb)[:, None, :]
+
+
+class TreadTrunk(nn.Module):
+    """A plain stack of blocks (``prev_tread_trns`` / ``post_tread_trns``)."""
+
+    def __init__(self, blocks: Iterable[nn.Module]) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+
+
+class Backbone(nn.Module):
+    """Encoder groups, then decoder groups whose first block cross-attends the encoder output."""
+
+    def __init__(self, cfg: XUTConfig, attention, operations, dtype=None, device=None) -> None:
+        super().__init__()
+        kw = _factory(dtype, device)
+        self.enc_blocks = nn.ModuleList(
+            nn.ModuleList(TransformerBlock(cfg, False, attention, operations, **kw) for _ in range(cfg.enc_blocks))
+            for _ in range(cfg.depth)
+        )
+        self.dec_blocks = nn.ModuleList(
+            nn.ModuleList(TransformerBlock(cfg, j == 0, attention, operations, **kw) for j in range(cfg.dec_blocks))
+            for _ in range(cfg.depth)
+        )
+
+
+def _adaln_mlp(dim, operations, dtype=None, device=None) -> nn.Sequential:
+    kw = _factory(dtype, device)
+    return nn.Sequential(
+        operations.LayerNorm(dim, eps=1e-5, **kw),
+        operations.Linear(dim, 4 * dim, **kw),
+        nn.Mish(),
+        operations.Linear(4 * dim, 3 * dim, **kw),
+    )
+
+
+class XUT(nn.Module):
+    """The HDM XUT denoiser: ``model(x, t, ctx) → velocity`` (``noise − x0``) for ``t ∈ [0, 1]``."""
+
+    def __init__(
+        self,
+        config: XUTConfig | None = None,
+        *,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+        operations: Any = None,
+        attention: AttentionLike | None = None,
+        **config_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        if config is None:
+            config = XUTConfig.from_dict(config_kwargs)
+        elif config_kwargs:
+            raise TypeError("pass either a config or config keyword arguments, not both")
+        self.config = cfg = config
+        self.dtype = dtype if dtype is not None else torch.get_default_dtype()
+        operations = operations if operations is not None else nn
+        attention = attention if attention is not None else sdpa_attention
+        kw = _factory(dtype, device)
+
+        self.in_patch = PatchEmbed(cfg.patch_size, cfg.input_dim, cfg.dim, operations, **kw)
+        self.time_emb = TimestepEmbedding(cfg.dim, operations, **kw)
+        if cfg.addon_info_embs_dim:
+            self.addon_info_embs_proj = nn.Sequential(
+                operations.Linear(cfg.addon_info_embs_dim, cfg.dim, **kw),
+                nn.Mish(),
+                operations.Linear(cfg.dim, cfg.dim, **kw),
+            )
+        else:
+            self.addon_info_embs_proj = None
+        self.shared_adaln_attn = _adaln_mlp(cfg.dim, operations, **kw)
+        self.shared_adaln_xattn = _adaln_mlp(cfg.dim, operations, **kw)
+        self.shared_adaln_ffw = _adaln_mlp(cfg.dim, operations, **kw)
+        self.ctx_proj = operations.Linear(cfg.ctx_dim, cfg.dim, **kw)
+
+        tc = cfg.tread_config
+        if tc is not None:
+            self.prev_tread_trns = TreadTrunk(
+                TransformerBlock(cfg, False, attention, operations, **kw) for _ in range(tc.prev_trns_depth)
+            )
+        else:
+            self.prev_tread_trns = None
+        self.backbone = Backbone(cfg, attention, operations, **kw)
+        if tc is not None:
+            self.post_tread_trns = TreadTrunk(
+                TransformerBlock(cfg, False, attention, operations, **kw) for _ in range(tc.post_trns_depth)
+            )
+        else:
+            self.post_tread_trns = None
+        self.out_patch = UnPatch(cfg.patch_size, cfg.dim, cfg.input_dim, operations, **kw)
+        self.gradient_checkpointing = False
+
+    # ------------------------------------------------------------------ helpers
+    def set_gradient_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute each transformer block in the backward pass (training memory saver)."""
+        self.gradient_checkpointing = enabled
+
+    def set_attention(self, attention: AttentionLike | None) -> None:
+        """Swap the attention kernel of every layer (``None`` = PyTorch SDPA)."""
+        fn = attention if attention is not None else sdpa_attention
+        for m in self.modules():
+            if isinstance(m, (SelfAttention, CrossAttention)):
+                m.attention = fn
+
+    def patch_positions(self, pos_map: torch.Tensor | None, batch: int, height: int, width: int, device) -> torch.Tensor:
+        """Position map at patch resolution, ``[B or 1, L, 2]`` float32.
+
+        ``None`` gives the exact patch-resolution grid. A map at latent resolution
+        (``[B, H·W, 2]``) is downsampled with antialiasing, as the reference does; one
+        already at patch resolution (``[B, L, 2]``) is used as is.
+        """
+        p = self.config.patch_size
+        h, w = height // p, width // p
+        if pos_map is None:
+            return axial_grid(h, w, device=device)[None]
+        if pos_map.ndim == 2:
+            pos_map = pos_map[None]
+        if pos_map.ndim != 3 or pos_map.shape[-1] != 2 or pos_map.shape[0] not in (1, batch):
+            raise ValueError(
+                f"pos_map must be [B, H*W, 2] (latent resolution) or [B, {h * w}, 2] (patch resolution) "
+                f"with B = 1 or {batch}; got {list(pos_map.shape)}"
+            )
+        pos_map = pos_map.to(device)
+        if pos_map.shape[1] == height * width and p != 1:
+            return downsample_pos_map(pos_map, height, width, p)
+        if pos_map.shape[1] == h * w:
+            return pos_map.to(torch.promote_types(pos_map.dtype, torch.float32))
+        raise ValueError(
+            f"pos_map has {pos_map.shape[1]} positions; expected {height * width} (latent {height}x{width}) "
+            f"or {h * w} (patches {h}x{w})"
+        )
+
+    def _run_blocks(self, blocks, h, mods, pos, memory=None, mask=None, transformer_options=None) -> torch.Tensor:
+        for block in blocks:
+            if self.gradient_checkpointing and torch.is_grad_enabled():
+                h = checkpoint(block, h, mods, pos, memory, mask, transformer_options, use_reentrant=False)
+            else:
+                h = block(h, mods, pos, memory, mask, transformer_options)
+        return h
+
+    def _backbone(self, h, mods, pos, mask, transformer_options) -> torch.Tensor:
+        for group in self.backbone.enc_blocks:
+            h = self._run_blocks(group, h, mods, pos, mask=mask, transformer_options=transformer_options)
+        memory = h
+        for group in self.backbone.dec_blocks:
+            h = self._run_blocks(group, h, mods, pos, memory, mask, transformer_options)
+        return h
+
+    def _tread_indices(self, batch, num_tokens, tread_rate, tread_mask, generator, device) -> torch.Tensor | None:
+        if tread_mask is not None:
+            if tread_mask.shape != (batch, num_tokens):
+                raise ValueError(f"tread_mask must be [{batch}, {num_tokens}], got {list(tread_mask.shape)}")
+            idx = tread_ops.mask_to_indices(tread_mask.to(device))
+        else:
+            if tread_rate is None:
+                tread_rate = self.config.tread_config.dropout_ratio if self.training and self.config.tread_config else 0.0
+            tread_rate = float(tread_rate)
+            if tread_rate <= 0.0:
+                return None
+            idx = tread_ops.random_keep_indices(batch, num_tokens, tread_rate, generator, device)
+        if self.prev_tread_trns is None:
+            raise ValueError("this XUT has no TREAD blocks, so token routing (tread_rate / tread_mask) is unavailable")
+        return idx
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor | float,
+        ctx: torch.Tensor | None = None,
+        pos_map: torch.Tensor | None = None,
+        addon_info: torch.Tensor | float | None = None,
+        tread_rate: float | None = None,
+        *,
+        tread_mask: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        ctx_mask: torch.Tensor | None = None,
+        transformer_options: dict | None = None,
+    ) -> torch.Tensor:
+        """Predict the flow velocity ``noise − x0`` for latents ``x`` ``[B, C, H, W]``.
+
+        ``t`` in [0, 1] (``[B]``, ``[B, 1]`` or a scalar); ``ctx`` ``[B, T, ctx_dim]`` text
+        features (``None`` → ``ctx_size`` zero tokens; ``T = 0`` is allowed);
+        ``addon_info`` = log(width / height) per sample (``None`` → taken from ``x``'s
+        shape); ``tread_rate`` > 0 routes that fraction of image tokens around the
+        backbone (0 or ``None`` = off at inference; ``None`` in training mode uses the
+        config's rate); ``tread_mask`` ``[B, L]`` injects the keep-mask instead;
+        ``ctx_mask`` ``[B, T]`` (True = real token) masks padded text keys so prompts of
+        different lengths can share a batch.
+        """
+        b, c, height, width = x.shape
+        p = self.config.patch_size
+        if height % p or width % p:
+            raise ValueError(
+                f"latent size {height}x{width} is not a multiple of the patch size {p}: "
+                f"use image sizes that are multiples of {8 * p} pixels"
+            )
+        if c != self.config.input_dim:
+            raise ValueError(f"expected {self.config.input_dim} latent channels, got {c}")
+        dtype = x.dtype
+        device = x.device
+
+        tokens = self.in_patch(x)
+        num_img = tokens.shape[1]
+        # RoPE angles are computed in at least float32 (float64 for a float64 model).
+        pos = self.patch_positions(pos_map, b, height, width, device).to(torch.promote_types(dtype, torch.float32))
+
+        if not torch.is_tensor(t):
+            t = torch.tensor([float(t)])
+        cond = self.time_emb(t, b, dtype, device)
+        if self.addon_info_embs_proj is not None:
+            if addon_info is None and self.config.addon_info_embs_dim == 1:
+                addon_info = math.log(width / height)
+            elif addon_info is None:
+                raise ValueError(f"this XUT needs addon_info with {self.config.addon_info_embs_dim} values per sample")
+            if not torch.is_tensor(addon_info):
+                addon_info = torch.tensor([[float(addon_info)]])
+            addon_info = addon_info.to(device, dtype).reshape(-1, self.config.addon_info_embs_dim)
+            cond = cond + self.addon_info_embs_proj(addon_info).expand(b, -1)[:, None, :]
+        mods = {
+            name: tuple(m(cond).chunk(3, dim=-1))
+            for name, m in (
+                ("attn", self.shared_adaln_attn),
+                ("xattn", self.shared_adaln_xattn),
+                ("ffw", self.shared_adaln_ffw),
+            )
+        }
+        # Precompute 1 + scale and 1 + gate once; every block shares them.
+        mods = {k: (1 + s, sh, 1 + g) for k, (s, sh, g) in mods.items()}
+
+        if ctx is None:
+            ctx = torch.zeros(b, self.config.ctx_size, self.config.ctx_dim, device=device, dtype=dtype)
+        ctx = self.ctx_proj(ctx.to(device, dtype))
+        if ctx.shape[0] != b:
+            raise ValueError(f"ctx batch {ctx.shape[0]} does not match latent batch {b}")
+        num_txt = ctx.shape[1]
+        h = torch.cat([tokens, ctx], dim=1)
+        txt_pos = pos.new_zeros(pos.shape[0], num_txt, 2)
+        pos_full = torch.cat([pos, txt_pos], dim=1)
+
+        if ctx_mask is not None and ctx_mask.shape != (b, num_txt):
+            raise ValueError(f"ctx_mask must be [{b}, {num_txt}], got {list(ctx_mask.shape)}")
+
+        def key_mask(n_img: int) -> torch.Tensor | None:
+            if ctx_mask is None:
+                return None
+            img_keys = torch.ones(b, n_img, dtype=torch.bool, device=device)
+            return torch.cat([img_keys, ctx_mask.to(device, torch.bool)], dim=1)[:, None, None, :]
+
+        mask = key_mask(num_img)
+
+        if self.prev_tread_trns is not None:
+            h = self._run_blocks(self.prev_tread_trns.blocks, h, mods, pos_full, mask=mask, transformer_options=transformer_options)
+
+        idx = self._tread_indices(b, num_img, tread_rate, tread_mask, generator, device)
+        if idx is None:
+            h = self._backbone(h, mods, pos_full, mask, transformer_options)
+        else:
+            img, txt = h[:, :num_img], h[:, num_img:]
+            pos_b = pos.expand(b, -1, -1)
+            routed = torch.cat([tread_ops.gather_tokens(img, idx), txt], dim=1)
+            routed_pos = torch.cat([tread_ops.gather_tokens(pos_b, idx), txt_pos.expand(b, -1, -1)], dim=1)
+            keep = idx.shape[1]
+            routed = self._backbone(routed, mods, routed_pos, key_mask(keep), transformer_options)
+            img = tread_ops.scatter_tokens(img, idx, routed[:, :keep])
+            h = torch.cat([img, routed[:, keep:]], dim=1)
+
+        if self.post_tread_trns is not None:
+            h = self._run_blocks(self.post_tread_trns.blocks, h, mods, pos_full, mask=mask, transformer_options=transformer_options)
+        return self.out_patch(h[:, :num_img], height, width)
