@@ -24,6 +24,9 @@ from .config import TreadConfig, XUTConfig
 XUT_PREFIXES = ("unet.model.", "model.diffusion_model.", "diffusion_model.", "model.", "")
 SENTINEL = "in_patch.proj.weight"
 OPTIONAL_KEYS = frozenset({"time_emb.freqs"})
+# Other components stored beside the XUT in all-in-one files; never XUT keys, even bare.
+FOREIGN_PREFIXES = ("vae.", "te.", "first_stage_model.", "cond_stage_model.", "text_encoders.", "conditioner.",
+                    "vae_mean", "vae_std", "model_ema.", "lycoris_", "lora_")
 _PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 _MAX_HEADER = 100 * 1024 * 1024
 
@@ -132,7 +135,8 @@ def _load_pickle(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
             "Use a .safetensors file, or opt in with allow_pickle=True (loads with torch.load(weights_only=True))"
         )
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        with open(path, "rb") as f:  # a file object: torch must not guess the format from the name
+            obj = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CheckpointError(
             f"{path}: torch.load(weights_only=True) refused or failed ({exc}); "
@@ -327,8 +331,12 @@ def key_diff(expected: Mapping[str, Any], got: Mapping[str, Any], optional: froz
 
 
 def split_prefix(sd: Mapping[str, Any], prefix: str) -> dict[str, Any]:
-    """Keys under ``prefix`` with the prefix removed (values untouched, lazily read if lazy)."""
-    return {k[len(prefix):]: k for k in sd if k.startswith(prefix)}
+    """``{short name: full key}`` for keys under ``prefix`` (bare prefix: minus other components)."""
+    return {
+        k[len(prefix):]: k
+        for k in sd
+        if k.startswith(prefix) and (prefix or not k.startswith(FOREIGN_PREFIXES))
+    }
 
 
 # --------------------------------------------------------------------------- loading the XUT
