@@ -1,0 +1,109 @@
+"""hdm_core stays importable without ComfyUI, and ComfyUI's ops/attention can drop in."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import hdm_core
+from hdm_core import XUT, XUTConfig
+from hdm_core.attention import sdpa_attention
+from hdm_core.rope import AxialRoPE
+
+CORE = Path(hdm_core.__file__).parent
+FORBIDDEN_TOP = {"comfy", "comfy_extras", "comfy_api", "folder_paths", "nodes", "server", "execution", "latent_preview"}
+TINY = XUTConfig(dim=32, ctx_dim=16, heads=2, dim_head=16, mlp_dim=48, depth=2, enc_blocks=1, dec_blocks=2)
+
+
+def test_hdm_core_never_imports_comfyui_and_imports_itself_relatively():
+    for path in CORE.rglob("*.py"):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                assert top not in FORBIDDEN_TOP, f"{path.name} imports ComfyUI module {name}"
+                assert top != "hdm_core", f"{path.name} imports hdm_core absolutely ({name}); use a relative import"
+
+
+class RecordingOps:
+    """Stand-in for ComfyUI's ``comfy.ops`` namespaces: every layer must come from here."""
+
+    made: list[str] = []
+
+    class Linear(nn.Linear):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            RecordingOps.made.append("Linear")
+
+    class Conv2d(nn.Conv2d):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            RecordingOps.made.append("Conv2d")
+
+    class LayerNorm(nn.LayerNorm):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            RecordingOps.made.append("LayerNorm")
+
+    class RMSNorm(nn.RMSNorm):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            RecordingOps.made.append("RMSNorm")
+
+
+def test_every_weight_layer_comes_from_operations():
+    RecordingOps.made.clear()
+    model = XUT(TINY, operations=RecordingOps)
+    ops = (RecordingOps.Linear, RecordingOps.Conv2d, RecordingOps.LayerNorm, RecordingOps.RMSNorm)
+    for name, mod in model.named_modules():
+        own = list(mod.parameters(recurse=False))
+        if own and not isinstance(mod, AxialRoPE):
+            assert isinstance(mod, ops), f"{name} ({type(mod).__name__}) is not built from operations"
+    # The only raw parameters are the RoPE frequencies; the only buffer is time_emb.freqs.
+    raw = [n for n, m in model.named_modules() if isinstance(m, AxialRoPE)]
+    assert raw and all(n.endswith(".rope") for n in raw)
+    assert [n for n, _ in model.named_buffers()] == ["time_emb.freqs"]
+    assert RecordingOps.made.count("Conv2d") == 1
+
+
+def test_raw_parameters_follow_the_input_device_and_dtype():
+    """rope.freqs / time_emb.freqs are cast at use, so weights stored elsewhere still work."""
+    model = XUT(TINY).eval()
+    for m in model.modules():
+        if isinstance(m, AxialRoPE):
+            m.freqs.data = m.freqs.data.half()  # as if a lowvram loader left them in fp16
+    model.time_emb.freqs = model.time_emb.freqs.double()
+    with torch.no_grad():
+        out = model(torch.randn(1, 4, 8, 8), 0.3, torch.randn(1, 3, 16))
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
+def test_attention_function_drops_in():
+    torch.manual_seed(0)
+    model = XUT(TINY).eval()
+    x, ctx = torch.randn(2, 4, 8, 8), torch.randn(2, 5, 16)
+    with torch.no_grad():
+        ref = model(x, torch.tensor([0.2, 0.7]), ctx)
+    calls = []
+
+    def recording_attention(q, k, v, *, mask=None, transformer_options=None):
+        calls.append((tuple(q.shape), tuple(k.shape), transformer_options))
+        return sdpa_attention(q, k, v, mask=mask)
+
+    model.set_attention(recording_attention)
+    with torch.no_grad():
+        out = model(x, torch.tensor([0.2, 0.7]), ctx, transformer_options={"tag": 1})
+    torch.testing.assert_close(out, ref)
+    # 1 prev + 2 enc + 2 groups x (2 self + 1 cross) + 3 post = 12 attention calls
+    assert len(calls) == 1 + 2 + 2 * 3 + 3
+    assert all(c[2] == {"tag": 1} for c in calls)
+    assert calls[0][0] == (2, 2, 16 + 5, 16)  # [B, heads, image + text tokens, dim_head]
