@@ -14,19 +14,26 @@ import torch.nn.functional as F
 
 
 def grid_bounds(height: int, width: int) -> tuple[float, float, float, float]:
-    """``(y_min, y_max, x_min, x_max)`` of the aspect-aware box for a ``height × width`` grid."""
-    if width > height:
-        r = torch.tensor(height / width, dtype=torch.float32).item()
+    """``(y_min, y_max, x_min, x_max)`` of the aspect-aware box for a ``height × width`` grid.
+
+    The short side spans ``±1/aspect`` (landscape) or ``±aspect`` (portrait), rounded to
+    float32 as the reference does.
+    """
+    aspect = width / height
+    if aspect > 1:
+        r = torch.tensor(1 / aspect, dtype=torch.float32).item()
         return -r, r, -1.0, 1.0
-    if height > width:
-        r = torch.tensor(width / height, dtype=torch.float32).item()
+    if aspect < 1:
+        r = torch.tensor(aspect, dtype=torch.float32).item()
         return -1.0, 1.0, -r, r
     return -1.0, 1.0, -1.0, 1.0
 
 
-def cell_centres(lo: float, hi: float, n: int, device: torch.device | str | None = None) -> torch.Tensor:
-    """Centres of ``n`` equal cells on ``[lo, hi]`` (midpoints of float32 linspace edges)."""
-    edges = torch.linspace(lo, hi, n + 1, dtype=torch.float32, device=device)
+def cell_centres(
+    lo: float, hi: float, n: int, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Centres of ``n`` equal cells on ``[lo, hi]`` (midpoints of linspace edges)."""
+    edges = torch.linspace(lo, hi, n + 1, dtype=dtype, device=device)
     return (edges[:-1] + edges[1:]) / 2
 
 
@@ -35,11 +42,12 @@ def axial_grid(
     width: int,
     bounds: tuple[float, float, float, float] | None = None,
     device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """``[height·width, 2]`` cell centres of a grid over ``bounds`` (default: the aspect box)."""
     y0, y1, x0, x1 = bounds if bounds is not None else grid_bounds(height, width)
-    ys = cell_centres(y0, y1, height, device)
-    xs = cell_centres(x0, x1, width, device)
+    ys = cell_centres(y0, y1, height, device, dtype)
+    xs = cell_centres(x0, x1, width, device, dtype)
     yy, xx = torch.meshgrid(ys, xs, indexing="ij")
     return torch.stack([yy, xx], dim=-1).reshape(height * width, 2)
 

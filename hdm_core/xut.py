@@ -290,8 +290,10 @@ class XUT(nn.Module):
             if isinstance(m, (SelfAttention, CrossAttention)):
                 m.attention = fn
 
-    def patch_positions(self, pos_map: torch.Tensor | None, batch: int, height: int, width: int, device) -> torch.Tensor:
-        """Position map at patch resolution, ``[B or 1, L, 2]`` float32.
+    def patch_positions(
+        self, pos_map: torch.Tensor | None, batch: int, height: int, width: int, device, dtype=torch.float32
+    ) -> torch.Tensor:
+        """Position map at patch resolution, ``[B or 1, L, 2]`` in ``dtype`` (at least float32).
 
         ``None`` gives the exact patch-resolution grid. A map at latent resolution
         (``[B, H·W, 2]``) is downsampled with antialiasing, as the reference does; one
@@ -299,8 +301,9 @@ class XUT(nn.Module):
         """
         p = self.config.patch_size
         h, w = height // p, width // p
+        dtype = torch.promote_types(dtype, torch.float32)
         if pos_map is None:
-            return axial_grid(h, w, device=device)[None]
+            return axial_grid(h, w, device=device, dtype=dtype)[None]
         if pos_map.ndim == 2:
             pos_map = pos_map[None]
         if pos_map.ndim != 3 or pos_map.shape[-1] != 2 or pos_map.shape[0] not in (1, batch):
@@ -308,11 +311,11 @@ class XUT(nn.Module):
                 f"pos_map must be [B, H*W, 2] (latent resolution) or [B, {h * w}, 2] (patch resolution) "
                 f"with B = 1 or {batch}; got {list(pos_map.shape)}"
             )
-        pos_map = pos_map.to(device)
+        pos_map = pos_map.to(device, torch.promote_types(pos_map.dtype, dtype))
         if pos_map.shape[1] == height * width and p != 1:
             return downsample_pos_map(pos_map, height, width, p)
         if pos_map.shape[1] == h * w:
-            return pos_map.to(torch.promote_types(pos_map.dtype, torch.float32))
+            return pos_map
         raise ValueError(
             f"pos_map has {pos_map.shape[1]} positions; expected {height * width} (latent {height}x{width}) "
             f"or {h * w} (patches {h}x{w})"
@@ -391,7 +394,7 @@ class XUT(nn.Module):
         tokens = self.in_patch(x)
         num_img = tokens.shape[1]
         # RoPE angles are computed in at least float32 (float64 for a float64 model).
-        pos = self.patch_positions(pos_map, b, height, width, device).to(torch.promote_types(dtype, torch.float32))
+        pos = self.patch_positions(pos_map, b, height, width, device, dtype)
 
         if not torch.is_tensor(t):
             t = torch.tensor([float(t)])

@@ -59,7 +59,8 @@ def test_case_fp32(model, cases, name):
 @pytest.mark.parametrize("name", CASES)
 def test_case_fp64(model64, cases, name):
     out = run_case(model64, cases, name, torch.float64)
-    torch.testing.assert_close(out, cases[f"case_{name}.out_f64"], atol=1e-5, rtol=0)
+    # The issue asks for 1e-5; the semantics are reproduced exactly, so float64 agrees to ~1e-14.
+    torch.testing.assert_close(out, cases[f"case_{name}.out_f64"], atol=1e-10, rtol=0)
 
 
 def test_case_g_injected_tread_mask(model, model64, cases):
