@@ -4,8 +4,11 @@ XUT rotates adjacent channel pairs ``(2j, 2j+1)`` of every head. Pairs alternate
 the y and x axis (``axis = j mod 2``) and each consecutive y/x pair shares the frequency
 index ``j // 2``; the whole head dimension is rotated. Frequencies are *learned*
 log-frequencies (``exp`` is applied at use), one set per head, initialised to
-``linspace(log π, log 5π)``. Angles and the rotation are computed in at least float32:
-position × frequency products reach tens of radians, too many for bf16/fp16 phases.
+``linspace(log π, log 5π)``. Text tokens sit at position (0, 0), i.e. are not rotated.
+
+A pair ``(a, b)`` rotated by angle θ is the complex product ``(a + ib)·e^{iθ}``, so the
+rotation tables are complex (``cis``) and applying them is one multiply. Angles are
+computed in at least float32: position × frequency products reach tens of radians.
 """
 
 from __future__ import annotations
@@ -32,27 +35,75 @@ class AxialRoPE(nn.Module):
         with torch.no_grad():
             self.freqs.copy_(init[None, :, None].expand_as(self.freqs))
 
-    def cos_sin(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``pos`` ``[B, N, 2]`` (y, x) → ``cos, sin`` ``[B, N, heads, dim_head/2]``."""
-        return rope_cos_sin(pos, self.freqs)
 
+def rope_cis(pos: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """Rotation factors ``e^{iθ}`` for positions ``[B, L, 2]`` (y, x) and log-frequencies.
 
-def rope_cos_sin(pos: torch.Tensor, freqs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotation tables for positions ``[B, N, 2]`` and log-frequencies ``[H, D/4, 2]``."""
+    ``freqs`` is ``[H, D/4, 2]`` (one module) or ``[M, H, D/4, 2]`` (M modules at once);
+    the result is complex ``[B, L, H, D/2]`` or ``[M, B, L, H, D/2]``.
+    """
     dtype = torch.promote_types(pos.dtype, torch.float32)
-    heads = freqs.shape[0]
-    # [H, D/4, 2] → [H, D/2]: index j = 2·(j//2) + axis, so pair j uses freqs[h, j//2, j % 2].
-    f = freqs.to(device=pos.device, dtype=dtype).exp().reshape(heads, -1)
+    # [..., H, D/4, 2] → [..., H, D/2]: pair j uses freqs[h, j // 2, j % 2].
+    f = freqs.to(device=pos.device, dtype=dtype).exp().flatten(-2)
     # Positions repeated as y, x, y, x, … to line up with the pairs.
     p = pos.to(dtype).repeat(1, 1, f.shape[-1] // 2)
-    angle = p[:, :, None, :] * f[None, None, :, :]
-    return angle.cos(), angle.sin()
+    angle = p[..., None, :] * f[..., None, None, :, :]
+    return torch.polar(torch.ones_like(angle), angle)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate adjacent pairs of ``x`` ``[B, N, H, D]`` by tables ``[B, N, H, D/2]``."""
-    dtype = x.dtype
-    pairs = x.to(cos.dtype).unflatten(-1, (-1, 2))
-    a, b = pairs[..., 0], pairs[..., 1]
-    out = torch.stack((a * cos - b * sin, b * cos + a * sin), dim=-1)
-    return out.flatten(-2).to(dtype)
+def rotate_(x: torch.Tensor, cis: torch.Tensor) -> None:
+    """Rotate ``x`` ``[..., H, D]`` **in place** by complex ``cis`` ``[..., H, D/2]``.
+
+    ``x`` is usually a slice of a projection output (e.g. the image tokens of q and k),
+    so rotating in place avoids copying the whole sequence. Half-precision inputs are
+    rotated in float32 and written back.
+    """
+    pairs = x.unflatten(-1, (-1, 2))
+    if x.dtype in (torch.float32, torch.float64) and cis.dtype == (
+        torch.complex64 if x.dtype == torch.float32 else torch.complex128
+    ):
+        torch.view_as_complex(pairs).mul_(cis)
+    else:
+        rotated = torch.view_as_complex(pairs.to(torch.promote_types(x.dtype, torch.float32))) * cis
+        x.copy_(torch.view_as_real(rotated).flatten(-2))
+
+
+class RopeTables:
+    """The rotation factors of one forward pass, per :class:`AxialRoPE` module.
+
+    Tables cover the first ``num_img`` tokens of a sequence (the image tokens); the text
+    tokens after them are at (0, 0) and stay unrotated. :meth:`gather` gives the tables of
+    a TREAD-routed subset of image tokens.
+    """
+
+    def __init__(self, tables: dict[AxialRoPE, torch.Tensor], num_img: int) -> None:
+        self.tables = tables
+        self.num_img = num_img
+
+    def __getitem__(self, rope: AxialRoPE) -> torch.Tensor:
+        return self.tables[rope]
+
+    def gather(self, idx: torch.Tensor) -> "RopeTables":
+        b, k = idx.shape
+
+        def pick(cis: torch.Tensor) -> torch.Tensor:
+            cis = cis.expand(b, *cis.shape[1:])
+            return torch.gather(cis, 1, idx[:, :, None, None].expand(-1, -1, *cis.shape[2:]))
+
+        return RopeTables({rope: pick(cis) for rope, cis in self.tables.items()}, k)
+
+    def rotate_(self, rope: AxialRoPE, x: torch.Tensor) -> None:
+        """Rotate the image tokens of ``x`` ``[B, N, ..., H, D]`` in place (dims between N and H broadcast)."""
+        cis = self.tables[rope]
+        extra = x.ndim - 4  # e.g. the q/k axis of a packed qkv
+        cis = cis.view(cis.shape[0], cis.shape[1], *([1] * extra), *cis.shape[2:])
+        rotate_(x[:, : self.num_img], cis)
+
+
+def build_rope_tables(ropes: list[AxialRoPE], pos: torch.Tensor) -> RopeTables:
+    """Tables for every module in ``ropes`` at image positions ``pos`` ``[B, L, 2]``, in one pass."""
+    if not ropes:
+        return RopeTables({}, pos.shape[1])
+    freqs = torch.stack([r.freqs.to(pos.device) for r in ropes])
+    cis = rope_cis(pos, freqs)
+    return RopeTables(dict(zip(ropes, cis.unbind(0))), pos.shape[1])

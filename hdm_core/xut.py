@@ -26,7 +26,7 @@ from . import tread as tread_ops
 from .attention import AttentionLike, sdpa_attention
 from .config import XUTConfig
 from .positions import axial_grid, downsample_pos_map
-from .rope import AxialRoPE, apply_rope
+from .rope import AxialRoPE, RopeTables, build_rope_tables
 
 Modulation = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -44,11 +44,11 @@ class SelfAttention(nn.Module):
         self.out = operations.Linear(heads * dim_head, dim, **_factory(dtype, device))
         self.rope = AxialRoPE(heads, dim_head, **_factory(dtype, device))
 
-    def forward(self, x, pos, mask=None, transformer_options=None) -> torch.Tensor:
+    def forward(self, x, rope: RopeTables, mask=None, transformer_options=None) -> torch.Tensor:
         b, n, _ = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, self.heads, self.dim_head).unbind(2)
-        cos, sin = self.rope.cos_sin(pos)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        qkv = self.qkv(x).view(b, n, 3, self.heads, self.dim_head)
+        rope.rotate_(self.rope, qkv[:, :, :2])  # q and k of the image tokens, in place
+        q, k, v = qkv.unbind(2)
         out = self.attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask=mask, transformer_options=transformer_options
         )
@@ -67,12 +67,14 @@ class CrossAttention(nn.Module):
         self.out = operations.Linear(heads * dim_head, dim, **_factory(dtype, device))
         self.rope = AxialRoPE(heads, dim_head, **_factory(dtype, device))
 
-    def forward(self, x, memory, pos, mask=None, transformer_options=None) -> torch.Tensor:
+    def forward(self, x, memory, rope: RopeTables, mask=None, transformer_options=None) -> torch.Tensor:
         b, n, _ = x.shape
         q = self.q(x).view(b, n, self.heads, self.dim_head)
-        k, v = self.kv(memory).view(b, memory.shape[1], 2, self.heads, self.dim_head).unbind(2)
-        cos, sin = self.rope.cos_sin(pos)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        kv = self.kv(memory).view(b, memory.shape[1], 2, self.heads, self.dim_head)
+        # The encoder output has the stream's token layout, so k takes the same positions.
+        rope.rotate_(self.rope, q)
+        rope.rotate_(self.rope, kv[:, :, :1])
+        k, v = kv.unbind(2)
         out = self.attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask=mask, transformer_options=transformer_options
         )
@@ -121,18 +123,18 @@ class TransformerBlock(nn.Module):
         self,
         x: torch.Tensor,
         mods: dict[str, Modulation],
-        pos: torch.Tensor,
+        rope: RopeTables,
         memory: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
         transformer_options: dict | None = None,
     ) -> torch.Tensor:
         scale1, shift, gate1 = mods["attn"]
         n = self.attn_pre_norm(x, scale1, shift)
-        x = torch.addcmul(n, self.attn(n, pos, mask, transformer_options), gate1)
+        x = torch.addcmul(n, self.attn(n, rope, mask, transformer_options), gate1)
         if self.xattn is not None:
             scale1, shift, gate1 = mods["xattn"]
             n = self.xattn_pre_norm(x, scale1, shift)
-            x = torch.addcmul(n, self.xattn(n, memory, pos, mask, transformer_options), gate1)
+            x = torch.addcmul(n, self.xattn(n, memory, rope, mask, transformer_options), gate1)
         scale1, shift, gate1 = mods["ffw"]
         n = self.mlp_pre_norm(x, scale1, shift)
         return torch.addcmul(n, self.mlp(n), gate1)
@@ -277,6 +279,7 @@ class XUT(nn.Module):
             self.post_tread_trns = None
         self.out_patch = UnPatch(cfg.patch_size, cfg.dim, cfg.input_dim, operations, **kw)
         self.gradient_checkpointing = False
+        self._rope_cache: tuple | None = None
 
     # ------------------------------------------------------------------ helpers
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:
@@ -321,21 +324,45 @@ class XUT(nn.Module):
             f"or {h * w} (patches {h}x{w})"
         )
 
-    def _run_blocks(self, blocks, h, mods, pos, memory=None, mask=None, transformer_options=None) -> torch.Tensor:
+    def _run_blocks(self, blocks, h, mods, rope, memory=None, mask=None, transformer_options=None) -> torch.Tensor:
         for block in blocks:
             if self.gradient_checkpointing and torch.is_grad_enabled():
-                h = checkpoint(block, h, mods, pos, memory, mask, transformer_options, use_reentrant=False)
+                h = checkpoint(block, h, mods, rope, memory, mask, transformer_options, use_reentrant=False)
             else:
-                h = block(h, mods, pos, memory, mask, transformer_options)
+                h = block(h, mods, rope, memory, mask, transformer_options)
         return h
 
-    def _backbone(self, h, mods, pos, mask, transformer_options) -> torch.Tensor:
+    def _backbone(self, h, mods, rope, mask, transformer_options) -> torch.Tensor:
         for group in self.backbone.enc_blocks:
-            h = self._run_blocks(group, h, mods, pos, mask=mask, transformer_options=transformer_options)
+            h = self._run_blocks(group, h, mods, rope, mask=mask, transformer_options=transformer_options)
         memory = h
         for group in self.backbone.dec_blocks:
-            h = self._run_blocks(group, h, mods, pos, memory, mask, transformer_options)
+            h = self._run_blocks(group, h, mods, rope, memory, mask, transformer_options)
         return h
+
+    def rope_tables(self, pos: torch.Tensor) -> RopeTables:
+        """Rotation tables of every block at image positions ``pos``, cached between calls.
+
+        A sampler calls the model many times at the same positions, so the tables are kept
+        while no gradient is being recorded and the positions and RoPE parameters (identity,
+        version, device, dtype) are unchanged.
+        """
+        ropes = [m for m in self.modules() if isinstance(m, AxialRoPE)]
+        if torch.is_grad_enabled():
+            return build_rope_tables(ropes, pos)
+        key = (
+            pos.shape, pos.dtype, pos.device, torch.is_inference_mode_enabled(),
+            tuple((id(r.freqs), r.freqs._version, r.freqs.data_ptr(), r.freqs.dtype) for r in ropes),
+        )
+        cached = self._rope_cache
+        if cached is not None and cached[0] == key and torch.equal(cached[1], pos):
+            return cached[2]
+        tables = build_rope_tables(ropes, pos)
+        self._rope_cache = (key, pos.clone(), tables)
+        return tables
+
+    def clear_rope_cache(self) -> None:
+        self._rope_cache = None
 
     def _tread_indices(self, batch, num_tokens, tread_rate, tread_mask, generator, device) -> torch.Tensor | None:
         if tread_mask is not None:
@@ -426,8 +453,7 @@ class XUT(nn.Module):
             raise ValueError(f"ctx batch {ctx.shape[0]} does not match latent batch {b}")
         num_txt = ctx.shape[1]
         h = torch.cat([tokens, ctx], dim=1)
-        txt_pos = pos.new_zeros(pos.shape[0], num_txt, 2)
-        pos_full = torch.cat([pos, txt_pos], dim=1)
+        rope = self.rope_tables(pos)
 
         if ctx_mask is not None and ctx_mask.shape != (b, num_txt):
             raise ValueError(f"ctx_mask must be [{b}, {num_txt}], got {list(ctx_mask.shape)}")
@@ -441,21 +467,19 @@ class XUT(nn.Module):
         mask = key_mask(num_img)
 
         if self.prev_tread_trns is not None:
-            h = self._run_blocks(self.prev_tread_trns.blocks, h, mods, pos_full, mask=mask, transformer_options=transformer_options)
+            h = self._run_blocks(self.prev_tread_trns.blocks, h, mods, rope, mask=mask, transformer_options=transformer_options)
 
         idx = self._tread_indices(b, num_img, tread_rate, tread_mask, generator, device)
         if idx is None:
-            h = self._backbone(h, mods, pos_full, mask, transformer_options)
+            h = self._backbone(h, mods, rope, mask, transformer_options)
         else:
             img, txt = h[:, :num_img], h[:, num_img:]
-            pos_b = pos.expand(b, -1, -1)
             routed = torch.cat([tread_ops.gather_tokens(img, idx), txt], dim=1)
-            routed_pos = torch.cat([tread_ops.gather_tokens(pos_b, idx), txt_pos.expand(b, -1, -1)], dim=1)
             keep = idx.shape[1]
-            routed = self._backbone(routed, mods, routed_pos, key_mask(keep), transformer_options)
+            routed = self._backbone(routed, mods, rope.gather(idx), key_mask(keep), transformer_options)
             img = tread_ops.scatter_tokens(img, idx, routed[:, :keep])
             h = torch.cat([img, routed[:, keep:]], dim=1)
 
         if self.post_tread_trns is not None:
-            h = self._run_blocks(self.post_tread_trns.blocks, h, mods, pos_full, mask=mask, transformer_options=transformer_options)
+            h = self._run_blocks(self.post_tread_trns.blocks, h, mods, rope, mask=mask, transformer_options=transformer_options)
         return self.out_patch(h[:, :num_img], height, width)

@@ -107,3 +107,54 @@ def test_attention_function_drops_in():
     assert len(calls) == 1 + 2 + 2 * 3 + 3
     assert all(c[2] == {"tag": 1} for c in calls)
     assert calls[0][0] == (2, 2, 16 + 5, 16)  # [B, heads, image + text tokens, dim_head]
+
+
+def test_gradients_are_exact_through_inplace_rope_and_routing():
+    """Finite differences (float64) agree with autograd for inputs and RoPE frequencies."""
+    torch.manual_seed(0)
+    model = XUT(TINY, dtype=torch.float64).train()
+    rope = model.backbone.dec_blocks[0][0].xattn.rope
+    x = torch.randn(1, 4, 4, 4, dtype=torch.float64, requires_grad=True)
+    ctx = torch.randn(1, 2, 16, dtype=torch.float64)
+    mask = torch.tensor([[True, False, True, True]])
+
+    freqs = rope.freqs.detach().clone().requires_grad_(True)
+
+    def g(x, freqs):
+        saved = rope.freqs
+        try:
+            del rope.freqs
+            rope.freqs = freqs  # plain tensor attribute for the duration of the call
+            return model(x, torch.tensor([0.4]), ctx, tread_mask=mask)
+        finally:
+            del rope.freqs
+            rope.freqs = saved
+
+    assert torch.autograd.gradcheck(g, (x, freqs), eps=1e-6, atol=1e-6, fast_mode=True)
+
+
+def test_rope_tables_are_cached_only_when_safe():
+    model = XUT(TINY).eval()
+    pos = torch.rand(1, 16, 2)
+    with torch.no_grad():
+        a = model.rope_tables(pos)
+        assert model.rope_tables(pos.clone()) is a  # same positions: reused
+        assert model.rope_tables(pos + 0.1) is not a  # new positions: rebuilt
+        b = model.rope_tables(pos)
+        model.backbone.enc_blocks[0][0].attn.rope.freqs.add_(0.01)  # weights patched in place
+        assert model.rope_tables(pos) is not b
+    with torch.enable_grad():
+        c = model.rope_tables(pos)
+        assert model.rope_tables(pos) is not c  # never cached while recording gradients
+
+
+def test_half_precision_rotation_matches_fp32():
+    torch.manual_seed(0)
+    model = XUT(TINY).eval()
+    x, ctx = torch.randn(1, 4, 8, 8), torch.randn(1, 3, 16)
+    with torch.no_grad():
+        ref = model(x, 0.5, ctx)
+        model16 = XUT(TINY, dtype=torch.bfloat16).eval()
+        model16.load_state_dict(model.state_dict())
+        out = model16(x.bfloat16(), 0.5, ctx.bfloat16())
+    assert float((out.float() - ref).pow(2).mean().sqrt() / ref.std()) < 0.05
