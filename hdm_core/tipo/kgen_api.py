@@ -63,29 +63,49 @@ def llama_cpp() -> tuple[ModuleType | None, str]:
         return _llama
 
 
+def _check_installed() -> str:
+    try:
+        version = importlib.metadata.version(KGEN_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        raise TipoDependencyError(f"TIPO needs the {KGEN_PACKAGE} package, which is not installed: {INSTALL_HINT}") from None
+    if version != KGEN_VERSION and not getattr(_check_installed, "warned", False):
+        _check_installed.warned = True  # type: ignore[attr-defined]
+        log.warning("%s %s is installed; HDM's TIPO support was tested with %s", KGEN_PACKAGE, version, KGEN_VERSION)
+    return version
+
+
+def _formatter() -> ModuleType:
+    """``kgen.formatter`` alone (tag lists, no torch/transformers): all that formatting without a model needs."""
+    with _lock:
+        if "kgen.formatter" not in sys.modules:
+            _check_installed()
+        try:
+            return importlib.import_module("kgen.formatter")
+        except ImportError as exc:
+            raise TipoDependencyError(f"{KGEN_PACKAGE} failed to import ({exc}): {INSTALL_HINT}") from exc
+
+
 def load_kgen() -> SimpleNamespace:
     """``kgen`` modules as ``.tipo`` (executor), ``.formatter``, ``.metainfo``; imported once."""
     global _kgen
     with _lock:
         if _kgen is not None:
             return _kgen
-        try:
-            version = importlib.metadata.version(KGEN_PACKAGE)
-        except importlib.metadata.PackageNotFoundError:
-            raise TipoDependencyError(f"TIPO needs the {KGEN_PACKAGE} package, which is not installed: {INSTALL_HINT}") from None
-        if version != KGEN_VERSION:
-            log.warning("%s %s is installed; HDM's TIPO support was tested with %s", KGEN_PACKAGE, version, KGEN_VERSION)
+        version = _check_installed()
         llama_cpp()  # before kgen, which imports llama_cpp and crashes on a broken one
         try:
-            kgen_logging = importlib.import_module("kgen.logging")
-            level = kgen_logging.logger.level
-            # kgen logs "Llama-cpp-python cannot be imported" at import even when nobody asked for GGUF
-            kgen_logging.logger.setLevel(logging.ERROR)
+            try:
+                kgen_logger = importlib.import_module("kgen.logging").logger
+            except (ImportError, AttributeError):
+                kgen_logger = None
+            level = kgen_logger.level if kgen_logger else None
+            if kgen_logger:  # kgen logs "Llama-cpp-python cannot be imported" at import, GGUF wanted or not
+                kgen_logger.setLevel(logging.ERROR)
             try:
                 tipo = importlib.import_module("kgen.executor.tipo")
             finally:
-                kgen_logging.logger.setLevel(level)
-            formatter = importlib.import_module("kgen.formatter")
+                if kgen_logger:
+                    kgen_logger.setLevel(level)
             metainfo = importlib.import_module("kgen.metainfo")
         except OSError as exc:
             raise TipoDependencyError(
@@ -95,7 +115,7 @@ def load_kgen() -> SimpleNamespace:
             ) from exc
         except ImportError as exc:
             raise TipoDependencyError(f"{KGEN_PACKAGE} failed to import ({exc}): {INSTALL_HINT}") from exc
-        _kgen = SimpleNamespace(tipo=tipo, formatter=formatter, metainfo=metainfo, version=version)
+        _kgen = SimpleNamespace(tipo=tipo, formatter=_formatter(), metainfo=metainfo, version=version)
         return _kgen
 
 
@@ -109,7 +129,7 @@ def classify_tag(tag: str) -> tuple[str, str]:
     (so ``^_^`` stays). Categories: special, characters, copyrights, artist, meta, quality,
     rating, general.
     """
-    tag_map = load_kgen().formatter.seperate_tags([tag])
+    tag_map = _formatter().seperate_tags([tag])
     for category, tags in tag_map.items():
         if tags:
             return category, tags[0]

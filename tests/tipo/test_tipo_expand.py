@@ -194,3 +194,14 @@ def test_bad_settings_and_templates_are_clear_errors(canned_backend):
         tipo.expand(backend, "1girl", "", seed=1, settings=tipo.TipoSettings(tag_length="huge"))
     with pytest.raises(tipo.TipoError, match="seed must be 0 or more"):
         tipo.expand(backend, "1girl", "", seed=-1)
+
+
+def test_offloaded_model_visits_its_device_only_while_generating(canned_backend):
+    from hdm_core.tipo.backends import TransformersTipo
+
+    _, model = canned_backend(respond_tags_then_nl)
+    moves = []
+    model.to = lambda device: moves.append(str(device)) or model  # record instead of moving
+    backend = TransformersTipo(model, model.tokenizer, torch.device("cpu"), offload_device=torch.device("meta"))
+    tipo.expand(backend, "1girl", "", seed=1, settings=SHORT, template="<|general|>")
+    assert moves == ["cpu", "meta"]

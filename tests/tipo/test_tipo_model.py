@@ -227,12 +227,13 @@ def test_import_is_light_and_a_broken_llama_cpp_cannot_break_anything(tmp_path):
         import sys
         import hdm_core.tipo as tipo
         assert not [m for m in ("kgen", "transformers", "llama_cpp") if m in sys.modules], "imported too early"
+        print("FORMAT", tipo.format_only("izuna (blue archive), 1girl").prompt.replace(chr(10), "|"))
+        assert not [m for m in ("transformers", "llama_cpp") if m in sys.modules], "formatting needs no model code"
         from hdm_core.tipo import kgen_api
         kgen = kgen_api.load_kgen()
         module, why = kgen_api.llama_cpp()
         assert module is None and sys.modules["llama_cpp"] is None
         print("WHY", why)
-        print("FORMAT", tipo.format_only("izuna (blue archive), 1girl").prompt.replace(chr(10), "|"))
         """,
         extra_path=tmp_path / "site",
     )
