@@ -51,11 +51,6 @@ class UserPrompt:
         """The natural-language part as literal text (weights removed, brackets plain)."""
         return "".join(p.text for p in self.nl).strip()
 
-    @property
-    def spellings(self) -> list[str]:
-        """The user's tags in their classified spelling, in input order."""
-        return list(self.by_spelling)
-
 
 def parse_user_prompt(tags: str, nl_prompt: str, classify: Classifier) -> UserPrompt:
     """Split and classify the user's tags; keep their weights, BREAKs and the natural-language text."""
@@ -183,9 +178,3 @@ def tidy(text: str) -> str:
     text = re.sub(r"[\s,]+$", "", text)
     return text
 
-
-def format_prompt(
-    categories: Mapping[str, list[str] | str], user: UserPrompt, template: str = HDM_TEMPLATE, escape: bool = True
-) -> str:
-    """The final prompt: category map → per-item ComfyUI text → template."""
-    return render_template(template, render_items(categories, user, escape))

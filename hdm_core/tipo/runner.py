@@ -49,6 +49,17 @@ class TipoSettings:
     ban_tags: str = ""
     require_length: bool = True
 
+    def sampling(self) -> dict[str, float | int]:
+        """The keyword arguments of ``TipoBackend.generate`` besides prompt, seed and callback."""
+        return dict(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            min_p=self.min_p,
+            repetition_penalty=self.repetition_penalty,
+            max_new_tokens=self.max_new_tokens,
+        )
+
     def check(self) -> None:
         for name in ("tag_length", "nl_length"):
             if getattr(self, name) not in LENGTHS:
@@ -161,14 +172,6 @@ def expand(
     )
     meta["aspect_ratio"] = f"{settings.width / settings.height:.1f}"
     banned = ban_matcher(settings.ban_tags)
-    sampling = dict(
-        temperature=settings.temperature,
-        top_p=settings.top_p,
-        top_k=settings.top_k,
-        min_p=settings.min_p,
-        repetition_penalty=settings.repetition_penalty,
-        max_new_tokens=settings.max_new_tokens,
-    )
     passes: list[TipoPass] = []
     shortfalls: list[TipoPass] = []
     parsed: dict[str, Any] = {}
@@ -178,7 +181,7 @@ def expand(
             for attempt in range(settings.max_retry + 1):
                 prompt = kgen.tipo.apply_tipo_prompt(meta, general, nl, mode, length, expand_input, False)
                 pass_seed = seed + attempt
-                output, n_prompt, n_new = backend.generate(prompt, seed=pass_seed, on_step=on_step, **sampling)
+                output, n_prompt, n_new = backend.generate(prompt, seed=pass_seed, on_step=on_step, **settings.sampling())
                 parsed = post_process(parse_result(output), general, nl, mode, length, banned)
                 unit, count, target = _measure(parsed, mode, length, kgen.metainfo)
                 record = TipoPass(mode, length, pass_seed, prompt, output, unit, count, target, n_prompt, n_new)
