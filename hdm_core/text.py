@@ -16,6 +16,7 @@ local ``.safetensors`` file or folder in any of the layouts listed in :data:`TE_
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from collections.abc import Mapping
@@ -76,6 +77,14 @@ def make_qwen3_config(cfg: Mapping[str, Any] | None = None):
     cfg = dict(qwen3_config_dict() if cfg is None else cfg)
     for key in ("model_type", "architectures", "torch_dtype", "transformers_version", "_name_or_path", "auto_map"):
         cfg.pop(key, None)
+    # transformers 5 takes ``rope_parameters``; 4.x takes ``rope_theta`` (and would silently
+    # keep its 10000 default if only ``rope_parameters`` were given).
+    rope = cfg.pop("rope_parameters", None) or {}
+    theta = cfg.pop("rope_theta", rope.get("rope_theta", 1000000.0))
+    if "rope_parameters" in inspect.signature(Qwen3Config.__init__).parameters:
+        cfg["rope_parameters"] = {"rope_type": "default", **rope, "rope_theta": theta}
+    else:  # pragma: no cover - transformers 4.x
+        cfg["rope_theta"] = theta
     config = Qwen3Config(**cfg)
     config._attn_implementation = "sdpa"
     return config
