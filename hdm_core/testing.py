@@ -32,8 +32,9 @@ TINY_XUT = XUTConfig(
     tread_config=TreadConfig(prev_trns_depth=1, post_trns_depth=1, dropout_ratio=0.5),
 )
 #: A small Qwen3 (full vocabulary, so the real tokenizer's ids fit) whose width is TINY_XUT's ctx_dim.
+#: head_dim stays 128 because ComfyUI's Qwen3_06BConfig fixes it (a class attribute, not a field).
 TINY_QWEN3 = qwen3_config_dict(
-    dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=16)
+    dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=128)
 )
 #: A small SDXL-layout VAE (4 levels, so it is ×8 like the real one, and ComfyUI's key map applies).
 TINY_VAE = VAEConfig(block_out_channels=(32, 64, 64, 64), layers_per_block=2, norm_num_groups=32)
