@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         args._parser.print_usage(sys.stderr)
         print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except CheckpointError as exc:
+    except (CheckpointError, ValueError) as exc:  # missing/broken/mismatched weights and the like
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:

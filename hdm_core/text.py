@@ -246,7 +246,8 @@ def download_qwen3(local_dir: str | os.PathLike) -> Path:
         from huggingface_hub import snapshot_download
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise CheckpointError("downloading needs the huggingface_hub package: pip install huggingface_hub") from exc
-    path = snapshot_download(QWEN3_REPO, local_dir=str(local_dir), allow_patterns=["*.safetensors", "*.json"])
+    patterns = ["model*.safetensors", "model.safetensors.index.json", "config.json"]
+    path = snapshot_download(QWEN3_REPO, local_dir=str(local_dir), allow_patterns=patterns)
     return Path(path)
 
 

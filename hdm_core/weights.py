@@ -114,7 +114,13 @@ def find_text_encoder(dirs: list[Path], use_hf_cache: bool = True) -> Path | Non
     return None
 
 
-def missing_message(missing_ckpt: bool, missing_te: bool, searched_ckpt: list[Path], searched_te: list[Path]) -> str:
+def _searched(dirs: list[Path]) -> str:
+    return ", ".join(f"{p.resolve()}" + ("" if p.is_dir() else " (no such folder)") for p in dirs) or "no folder"
+
+
+def missing_message(
+    missing_ckpt: bool, missing_te: bool, searched_ckpt: list[Path], searched_te: list[Path], tried_download: bool = False
+) -> str:
     """What to download and where to put it."""
     lines = ["HDM weights not found."]
     if missing_ckpt:
@@ -122,20 +128,19 @@ def missing_message(missing_ckpt: bool, missing_te: bool, searched_ckpt: list[Pa
             f"  * Diffusion model + VAE: '{HDM_FILE}' (about 0.9 GB)",
             f"      from https://huggingface.co/{HDM_REPO}/blob/main/{HDM_FILE}",
             "      put it in ./models/ (or <ComfyUI>/models/checkpoints/), or pass --ckpt PATH",
-            "      searched: " + (", ".join(str(p) for p in searched_ckpt) or "nothing"),
+            "      searched: " + _searched(searched_ckpt),
         ]
     if missing_te:
         lines += [
-            f"  * Text encoder: {QWEN3_REPO} (model.safetensors + config.json, about 1.2 GB)",
+            f"  * Text encoder: {QWEN3_REPO} (model.safetensors + config.json, over 1 GB)",
             f"      from https://huggingface.co/{QWEN3_REPO}",
             f"      put both files in ./models/{QWEN3_DIR}/ (or <ComfyUI>/models/text_encoders/{QWEN3_DIR}/), "
             "or pass --te PATH",
-            "      searched: " + (", ".join(str(p) for p in searched_te) or "nothing") + ", the Hugging Face cache",
+            "      searched: " + _searched(searched_te) + ", the Hugging Face cache",
         ]
-    lines.append(
-        "Online? Add --download to fetch the missing files into ./models/ (opt-in; needs the huggingface_hub package). "
-        "Use --comfyui PATH (or COMFYUI_PATH) to use a ComfyUI models folder."
-    )
+    if not tried_download:
+        lines.append("Online? Add --download to fetch the missing files into ./models/ (opt-in, from the Hugging Face hub).")
+    lines.append("Use --comfyui PATH (or COMFYUI_PATH) to search a ComfyUI models folder.")
     return "\n".join(lines)
 
 
@@ -198,7 +203,7 @@ def resolve_weights(
         except Exception as exc:  # network/hub errors: say what failed and what to do instead
             raise WeightsNotFound(
                 f"download failed ({type(exc).__name__}: {exc}).\n"
-                + missing_message(ckpt_path is None, te_path is None, ckpt_dirs, te_dirs)
+                + missing_message(ckpt_path is None, te_path is None, ckpt_dirs, te_dirs, tried_download=True)
             ) from exc
 
     if ckpt_path is None or te_path is None:

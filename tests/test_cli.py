@@ -220,7 +220,7 @@ def test_download_is_opt_in_and_fetches_the_released_files(tiny, tmp_path, monke
     assert calls == []  # never without being asked
     paths = resolve_weights(models_dir="models", download=True)
     assert calls == [("file", "KBlueLeaf/HDM-xut-340M-anime", HDM_FILE),
-                     ("repo", "Qwen/Qwen3-0.6B", ("*.safetensors", "*.json"))]
+                     ("repo", "Qwen/Qwen3-0.6B", ("model*.safetensors", "model.safetensors.index.json", "config.json"))]
     assert paths.ckpt == Path("models") / HDM_FILE and paths.te == Path("models") / QWEN3_DIR
     calls.clear()
     assert resolve_weights(models_dir="models", download=True) == paths and calls == []  # found locally now
@@ -234,8 +234,9 @@ def test_failed_download_is_explained(monkeypatch):
 
     fake.hf_hub_download = fake.snapshot_download = offline
     monkeypatch.setitem(sys.modules, "huggingface_hub", fake)
-    with pytest.raises(WeightsNotFound, match=r"download failed \(OSError: no network\)(.|\n)*" + HDM_FILE):
+    with pytest.raises(WeightsNotFound, match=r"download failed \(OSError: no network\)(.|\n)*" + HDM_FILE) as exc:
         resolve_weights(models_dir="models", download=True)
+    assert "Add --download" not in str(exc.value)
 
 
 def test_prompt_hook_extension_point(tiny, tmp_path, capsys, monkeypatch):

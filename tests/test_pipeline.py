@@ -112,6 +112,12 @@ def test_empty_negative_prompt_gives_zero_context_tokens(pipe):
     assert torch.isfinite(images).all()
 
 
+def test_text_encoder_width_must_match(pipe):
+    wide = TextEncoder(tiny_qwen3(1, dict(TINY_QWEN3, hidden_size=48)), pipe.text_encoder.tokenizer)
+    with pytest.raises(ValueError, match=r"text encoder's width \(48\) does not match.*context width \(32\).*Qwen3-0.6B"):
+        HDMPipeline(pipe.xut, wide, pipe.vae)
+
+
 def test_sizes_must_be_multiples_of_16():
     assert latent_size(1024, 768) == (96, 128)
     for w, h in ((1000, 1024), (1024, 1030), (0, 1024), (8, 16)):
