@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import torch
+
+from .checkpoint import atomic_write
 
 METADATA_KEY = "hdm"  # JSON with every generation parameter
 PARAMETERS_KEY = "parameters"  # the same, as the human-readable text other tools display
@@ -46,23 +47,12 @@ def save_png(image, path: str | os.PathLike, metadata: Mapping[str, Any] | None 
     if isinstance(image, torch.Tensor):
         image = to_pil(image)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     info = PngInfo()
     if metadata:
         info.add_text(PARAMETERS_KEY, parameters_text(metadata))
         info.add_text(METADATA_KEY, json.dumps(dict(metadata), ensure_ascii=False))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_write(path) as tmp:
         image.save(tmp, format="PNG", pnginfo=info)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 
