@@ -110,8 +110,8 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-count", type=_positive_int, default=1, help="sampling runs per prompt; run i uses seed+i")
 
     g = p.add_argument_group("camera and guidance")
-    g.add_argument("--camera-x", type=_float, default=0.0, help="shift the view right (+) / left (-), in half-widths")
-    g.add_argument("--camera-y", type=_float, default=0.0, help="shift the view down (+) / up (-), in half-heights")
+    g.add_argument("--camera-x", type=_float, default=0.0, help="camera x shift, added to the x positions (HDM UI's X Shift, -1..1)")
+    g.add_argument("--camera-y", type=_float, default=0.0, help="camera y shift, added to the y positions (HDM UI's Y Shift, -1..1)")
     g.add_argument("--zoom", type=_float, default=1.0, help="> 1 zooms in, < 1 zooms out (default 1)")
     g.add_argument("--no-camera-map", action="store_true", help="no position map: the model's exact grid (as in HDM-ext)")
     g.add_argument("--tread-gamma", type=_float, default=0.0, help="TREAD drop rate of the positive pass (default 0 = off)")
