@@ -9,6 +9,7 @@ names the problem and what to do about it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import struct
@@ -413,19 +414,33 @@ def load_xut(
 
 
 # --------------------------------------------------------------------------- writing
-def save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
-    """Write a safetensors file atomically (temp file in the same folder, then rename)."""
-    from safetensors.torch import save_file
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[str]:
+    """Yield a temporary file name next to ``path``; on success it replaces ``path``.
 
+    A crash or an error leaves ``path`` untouched (and no temporary file behind). The
+    result gets the usual permissions (``0666`` minus the umask), not ``mkstemp``'s ``0600``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    return path
+
+
+def save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
+    """Write a safetensors file atomically (temp file in the same folder, then rename)."""
+    from safetensors.torch import save_file
+
+    with atomic_write(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+    return Path(path)

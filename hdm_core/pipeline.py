@@ -1,0 +1,281 @@
+"""Text-to-image with HDM in plain PyTorch: the reference inference recipe, piece by piece.
+
+One generation is: encode the prompt and the negative prompt *separately* (Qwen3, see
+:mod:`hdm_core.text`), draw seeded noise ``[B, 4, H/8, W/8]``, integrate the flow from
+``t = 1`` to ``0`` with CFG (negative branch optionally weakened by TREAD routing, the
+"TREAD gamma"), the camera position map at latent resolution and the aspect addon
+``log(W/H)``, then denormalise and decode with the VAE.
+
+Each step is a small public function (:func:`latent_size`, :func:`initial_noise`,
+:func:`guidance_kwargs`, :func:`velocity_fn`, :func:`sample_latents`) so other front-ends
+(the ComfyUI nodes, tests comparing the two) can reproduce or swap any one of them;
+:class:`HDMPipeline` strings them together with the three models loaded once.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from .flow import SAMPLERS, StepCallback, cfg_model, flow_timesteps, get_sampler, seeded_noise
+from .latents import LATENT_CHANNELS, VAE_SCALE
+from .positions import camera_pos_map
+
+#: Image sizes must be multiples of this: VAE ×8, then the XUT's 2×2 patches.
+SIZE_MULTIPLE = VAE_SCALE * 2
+#: Seed of the TREAD routing draws is derived from the noise seed with this offset, so the
+#: two random streams differ but a seed still fixes the whole image.
+TREAD_SEED_OFFSET = 0x7EAD
+
+
+@dataclass
+class GenerationParams:
+    """Everything that determines an image (all of it goes into the PNG metadata).
+
+    Defaults follow HDM's official UI: 1024², 32 Euler steps, CFG 3, the conditional pass
+    with every token and the unconditional pass routed at TREAD rate 0.5, a neutral camera
+    map. ``tread_gamma`` of 0 means *off* (the original pipeline's quirk of treating 0 as
+    0.5 is not reproduced). ``camera_map=False`` gives the model's own exact patch grid,
+    which is what HDM-ext in ComfyUI uses when no camera node is connected.
+    """
+
+    prompt: str = ""
+    negative: str = ""
+    width: int = 1024
+    height: int = 1024
+    steps: int = 32
+    cfg: float = 3.0
+    sampler: str = "euler"
+    seed: int = 0
+    batch_size: int = 1
+    shift: float = 1.0
+    camera_x: float = 0.0
+    camera_y: float = 0.0
+    zoom: float = 1.0
+    camera_map: bool = True
+    tread_gamma: float = 0.0
+    tread_gamma_uncond: float = 0.5
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form, e.g. the original prompt before a hook
+
+    def validate(self) -> "GenerationParams":
+        """Raise ``ValueError`` naming the bad value and the fix."""
+        check_size(self.width, self.height)
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler '{self.sampler}'; choose one of: {', '.join(SAMPLERS)}")
+        if not math.isfinite(self.cfg) or self.cfg < 0:
+            raise ValueError(f"cfg must be a finite number >= 0, got {self.cfg}")
+        if not self.zoom > 0 or not math.isfinite(self.zoom):
+            raise ValueError(f"zoom must be > 0, got {self.zoom} (1 = neutral, 2 = zoom in twice)")
+        if not self.shift > 0:
+            raise ValueError(f"shift must be > 0, got {self.shift} (1 = no timestep shift)")
+        for name in ("tread_gamma", "tread_gamma_uncond"):
+            g = getattr(self, name)
+            if not 0.0 <= g < 1.0:
+                raise ValueError(f"{name.replace('_', '-')} must be in [0, 1) (0 = off, 0.5 = drop half the tokens), got {g}")
+        if not 0 <= self.seed < 2**64:
+            raise ValueError(f"seed must be in [0, 2^64), got {self.seed}")
+        return self
+
+    def to_metadata(self) -> dict[str, Any]:
+        meta = asdict(self)
+        extra = meta.pop("extra")
+        meta.update(extra)
+        return meta
+
+
+# --------------------------------------------------------------------------- small pieces
+def check_size(width: int, height: int) -> None:
+    """Image sizes must be positive multiples of 16 (VAE ×8, then 2×2 patches)."""
+    for name, v in (("width", width), ("height", height)):
+        if v < SIZE_MULTIPLE or v % SIZE_MULTIPLE:
+            lo = max(SIZE_MULTIPLE, v // SIZE_MULTIPLE * SIZE_MULTIPLE)
+            raise ValueError(
+                f"{name} {v} is not a positive multiple of {SIZE_MULTIPLE} "
+                f"(the VAE halves the size three times, then the model groups 2x2 latents); try {lo} or {lo + SIZE_MULTIPLE}"
+            )
+
+
+def latent_size(width: int, height: int) -> tuple[int, int]:
+    """``(h, w)`` of the latent for an image ``width × height``."""
+    check_size(width, height)
+    return height // VAE_SCALE, width // VAE_SCALE
+
+
+def initial_noise(batch: int, width: int, height: int, seed: int, device=None) -> torch.Tensor:
+    """The starting latent: float32 N(0, 1) from a CPU generator (same on every device, = ComfyUI's)."""
+    h, w = latent_size(width, height)
+    return seeded_noise((batch, LATENT_CHANNELS, h, w), seed, device=device)
+
+
+def tread_generator(seed: int) -> torch.Generator:
+    """CPU generator for TREAD's token selection, derived from the image seed."""
+    return torch.Generator("cpu").manual_seed((int(seed) + TREAD_SEED_OFFSET) % 2**64)
+
+
+def aspect_addon(width: int, height: int, batch: int, device=None) -> torch.Tensor:
+    """HDM's aspect-ratio input ``log(W/H)``, ``[B, 1]``."""
+    return torch.full((batch, 1), math.log(width / height), dtype=torch.float32, device=device)
+
+
+def guidance_kwargs(
+    ctx: torch.Tensor,
+    neg_ctx: torch.Tensor,
+    params: GenerationParams,
+    device=None,
+    generator: torch.Generator | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Keyword arguments of the XUT for the conditional and unconditional passes.
+
+    ``ctx``/``neg_ctx`` are ``[B, T, D]`` (different ``T`` allowed, ``T = 0`` too). Both
+    passes share the camera map and aspect addon and differ in context and TREAD rate.
+    """
+    h, w = latent_size(params.width, params.height)
+    b = ctx.shape[0]
+    common: dict[str, Any] = {"addon_info": aspect_addon(params.width, params.height, b, device)}
+    if params.camera_map:
+        common["pos_map"] = camera_pos_map(
+            h, w, x_shift=params.camera_x, y_shift=params.camera_y, zoom=params.zoom, device=device
+        )[None]
+    cond = {"ctx": ctx, "tread_rate": params.tread_gamma or None, "generator": generator, **common}
+    uncond = {"ctx": neg_ctx, "tread_rate": params.tread_gamma_uncond or None, "generator": generator, **common}
+    return cond, uncond
+
+
+def velocity_fn(model: torch.nn.Module, cond: Mapping[str, Any], uncond: Mapping[str, Any] | None, cfg: float):
+    """``v(x, t)`` with CFG; the sampler state stays float32 while the model runs in its own dtype."""
+    dtype = getattr(model, "dtype", None) or next(model.parameters()).dtype
+
+    def run(x: torch.Tensor, t: torch.Tensor, **kw: Any) -> torch.Tensor:
+        return model(x.to(dtype), t, **kw).float()
+
+    return cfg_model(run, dict(cond), dict(uncond) if uncond is not None else None, cfg)
+
+
+def sample_latents(
+    model: torch.nn.Module,
+    noise: torch.Tensor,
+    cond: Mapping[str, Any],
+    uncond: Mapping[str, Any] | None,
+    params: GenerationParams,
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """Integrate from ``noise`` (t = 1) to a clean normalised latent (t = 0)."""
+    ts = flow_timesteps(params.steps, params.shift)
+    sampler = get_sampler(params.sampler)
+    return sampler(velocity_fn(model, cond, uncond, params.cfg), noise.float(), ts, callback=callback)
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """float32 on CPU; bfloat16 on GPUs that have it (fp16 can overflow where HDM used autocast), else fp16."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float16
+    return torch.float32
+
+
+# --------------------------------------------------------------------------- the pipeline
+class HDMPipeline:
+    """XUT + Qwen3 text encoder + VAE, loaded once, generating images from :class:`GenerationParams`."""
+
+    def __init__(self, xut, text_encoder, vae, device: torch.device | str | None = None) -> None:
+        self.xut = xut
+        self.text_encoder = text_encoder
+        self.vae = vae
+        self.device = torch.device(device) if device is not None else next(xut.parameters()).device
+        if text_encoder.hidden_size != xut.config.ctx_dim:
+            raise ValueError(
+                f"the text encoder's width ({text_encoder.hidden_size}) does not match the diffusion model's "
+                f"context width ({xut.config.ctx_dim}); HDM uses Qwen3-0.6B (width 1024)"
+            )
+
+    @classmethod
+    def from_files(
+        cls,
+        ckpt: str | os.PathLike,
+        te: str | os.PathLike | None = None,
+        vae: str | os.PathLike | None = None,
+        *,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype | None = None,
+        vae_dtype: torch.dtype | None = None,
+    ) -> "HDMPipeline":
+        """Load from an HDM checkpoint (XUT + VAE), a Qwen3 file/folder (default: the checkpoint) and an optional VAE file."""
+        from .checkpoint import load_xut
+        from .text import TextEncoder
+        from .vae import load_vae
+
+        device = torch.device(device)
+        dtype = dtype or default_dtype(device)
+        vae_dtype = vae_dtype or (torch.float32 if device.type == "cpu" else dtype)
+        xut = load_xut(ckpt, dtype=dtype, device=device)
+        text_encoder = TextEncoder.from_file(te if te is not None else ckpt, dtype=dtype, device=device)
+        autoencoder = load_vae(vae if vae is not None else ckpt, dtype=vae_dtype, device=device)
+        return cls(xut, text_encoder, autoencoder, device)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.xut.dtype
+
+    def encode_prompt(self, prompt: str, batch: int = 1) -> torch.Tensor:
+        """``[batch, T, 1024]`` context of one prompt (identical rows, so no padding is involved)."""
+        ctx = self.text_encoder.encode([prompt])
+        return ctx.to(self.device, self.dtype).expand(batch, -1, -1)
+
+    def sample(self, params: GenerationParams, callback: StepCallback | None = None) -> torch.Tensor:
+        """Normalised latents ``[B, 4, H/8, W/8]`` (float32) for ``params``."""
+        params.validate()
+        b = params.batch_size
+        with torch.inference_mode():
+            ctx = self.encode_prompt(params.prompt, b)
+            guided = params.cfg != 1.0  # at CFG 1 the negative pass cancels out: skip it
+            neg = self.encode_prompt(params.negative, b) if guided else ctx
+            noise = initial_noise(b, params.width, params.height, params.seed, device=self.device)
+            cond, uncond = guidance_kwargs(ctx, neg, params, self.device, tread_generator(params.seed))
+            return sample_latents(self.xut, noise, cond, uncond if guided else None, params, callback)
+
+    def decode(self, latents: torch.Tensor, tile: int | None = None, overlap: int = 16) -> torch.Tensor:
+        """Images ``[B, 3, H, W]`` in ``[0, 1]`` (float32, CPU)."""
+        with torch.inference_mode():
+            return self.vae.decode_latents(latents.to(self.device), tile=tile, overlap=overlap).cpu()
+
+    def generate(
+        self,
+        params: GenerationParams,
+        callback: StepCallback | None = None,
+        tile: int | None = None,
+    ) -> torch.Tensor:
+        """Images ``[B, 3, H, W]`` in ``[0, 1]`` for ``params``."""
+        return self.decode(self.sample(params, callback), tile=tile)
+
+    __call__ = generate
+
+
+def auto_tile(width: int, height: int, threshold_pixels: int = 2048 * 2048) -> int | None:
+    """Tile size (latent cells) for decoding large images, ``None`` for sizes that decode in one go."""
+    return 64 if width * height > threshold_pixels else None
+
+
+__all__ = [
+    "GenerationParams",
+    "HDMPipeline",
+    "SIZE_MULTIPLE",
+    "aspect_addon",
+    "auto_tile",
+    "check_size",
+    "guidance_kwargs",
+    "initial_noise",
+    "latent_size",
+    "sample_latents",
+    "tread_generator",
+    "velocity_fn",
+]
