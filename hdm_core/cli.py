@@ -22,6 +22,7 @@ from typing import Callable, Protocol
 
 from . import __version__
 from .flow import SAMPLERS
+from .tipo import cli as tipo_cli
 
 EXIT_ERROR = 1  # missing/broken weights, runtime failures
 EXIT_USAGE = 2  # bad arguments (argparse's own code)
@@ -278,7 +279,13 @@ COMMANDS: dict[str, Command] = {
         add_arguments=add_generate_arguments,
         run=run_generate,
     ),
+    "tipo": Command(
+        help="expand a prompt with TIPO into HDM's layout (prints the prompt)",
+        add_arguments=tipo_cli.configure_parser,
+        run=tipo_cli.run,
+    ),
 }
+PROMPT_HOOKS.append(tipo_cli.TipoPromptHook())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -300,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (0 ok, 1 runtime/weights error, 2 bad arguments)."""
     from .checkpoint import CheckpointError
+    from .tipo.errors import TipoError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -309,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         args._parser.print_usage(sys.stderr)
         print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (CheckpointError, ValueError) as exc:  # missing/broken/mismatched weights and the like
+    except (CheckpointError, ValueError, TipoError) as exc:  # missing/broken weights, TIPO failures and the like
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:

@@ -251,3 +251,36 @@ def test_help_lists_subcommands(capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main([])
     assert exc.value.code == 2
+
+
+def test_generate_tipo_expands_the_prompt_with_the_image_seed(tiny, tmp_path, capsys, monkeypatch):
+    import hdm_core.tipo.runner as runner
+
+    calls = []
+
+    def fake_expand(tags, nl, *, model, seed, model_dirs, device, settings, escape):
+        calls.append(dict(tags=tags, nl=nl, model=model, seed=seed, escape=escape, size=(settings.width, settings.height)))
+        return f"{tags}, izuna (blue archive), masterpiece. {nl}"
+
+    monkeypatch.setattr(runner, "expand_prompt", fake_expand)
+    argv = ["-p", "1girl", "--tipo", "tipo-200m", "--tipo-nl", "she smiles", "--seed", "5",
+            "--ckpt", str(tiny["ckpt"]), "--te", str(tiny["te"]), *FAST]
+    code, out, err = _run(argv, capsys)
+    assert code == 0, err
+    assert calls == [dict(tags="1girl", nl="she smiles", model="tipo-200m", seed=5, escape=False, size=(32, 48))]
+    meta = read_png_metadata(Path(out.strip()))
+    assert meta["prompt"] == "1girl, izuna (blue archive), masterpiece. she smiles"
+    assert meta["prompt_original"] == "1girl"
+
+
+def test_generate_tipo_errors_are_reported(tiny, capsys):
+    argv = ["-p", "1girl", "--tipo", "no-such-model", "--ckpt", str(tiny["ckpt"]), "--te", str(tiny["te"]), *FAST]
+    code, out, err = _run(argv, capsys)
+    assert code == 1
+    assert "no-such-model" in err and "models/tipo" in err
+
+
+def test_tipo_subcommand_format_only(capsys):
+    code = cli.main(["tipo", "--format-only", "--tags", "1girl, izuna (blue archive)"])
+    out = capsys.readouterr().out
+    assert code == 0 and "izuna \\(blue archive\\)" in out

@@ -107,3 +107,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = configure_parser(argparse.ArgumentParser(prog="python -m hdm_core.tipo", description=__doc__.splitlines()[0]))
     args = parser.parse_args(argv)
     return args.func(args)
+
+
+class TipoPromptHook:
+    """``generate --tipo MODEL``: expand each prompt with TIPO before it is encoded.
+
+    The generate prompt is read as TIPO's tag input (``--tipo-nl`` adds natural language);
+    TIPO's seed is the image seed, so a seed reproduces prompt and image together. The
+    headless encoder reads text literally (no prompt weights), so brackets stay plain.
+    """
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        d = TipoSettings()
+        g = parser.add_argument_group("TIPO prompt expansion (optional)")
+        g.add_argument("--tipo", metavar="MODEL", default=None,
+                       help=f"expand the prompt with this TIPO model (a name in ${MODELS_ENV} or ./models/tipo, "
+                            "or a path to a TIPO folder / .gguf file); the prompt is read as danbooru tags")  # fmt: skip
+        g.add_argument("--tipo-nl", default="", help="natural-language part of the TIPO input")
+        g.add_argument("--tipo-tag-length", choices=LENGTHS, default=d.tag_length, help="default %(default)s")
+        g.add_argument("--tipo-nl-length", choices=LENGTHS, default=d.nl_length, help="default %(default)s")
+        g.add_argument("--tipo-ban", default="", help="comma-separated tags TIPO must not add")
+        g.add_argument("--tipo-device", default="auto", help="device for TIPO (default %(default)s)")
+
+    def __call__(self, prompt: str, params, args: argparse.Namespace) -> str:
+        if not args.tipo:
+            return prompt
+        from .runner import expand_prompt
+
+        settings = TipoSettings(
+            tag_length=args.tipo_tag_length,
+            nl_length=args.tipo_nl_length,
+            width=params.width,
+            height=params.height,
+            ban_tags=args.tipo_ban,
+        )
+        return expand_prompt(
+            prompt, args.tipo_nl, model=args.tipo, seed=params.seed % 2**32, model_dirs=default_model_dirs(),
+            device=args.tipo_device, settings=settings, escape=False,
+        )

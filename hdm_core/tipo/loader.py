@@ -105,6 +105,7 @@ def resolve_model(model: str | os.PathLike, folders: Iterable[str | os.PathLike]
                 f"TIPO model '{name}' not found in {', '.join(str(f) for f in folders)}; "
                 f"available: {', '.join(models)}. {WHERE_TO_GET}."
             )
+        raise TipoModelError(f"TIPO model '{name}' is neither a path nor a model in the model folders. " + no_model_message(folders))
     raise TipoModelError(no_model_message(folders))
 
 
