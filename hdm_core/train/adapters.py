@@ -652,6 +652,22 @@ _ADAPTER_SUFFIXES = (
 )  # fmt: skip
 
 
+def rename_hdm_key(key: str) -> str | None:
+    """``lycoris_model_<path>.<suffix>`` (HDM's trainer) → ``lora_unet_<path>.<suffix>``; None if not an adapter key.
+
+    HDM's trainer wraps the diffusers-style wrapper whose XUT is ``.model``, so its names
+    carry ``model_``; a file made by wrapping the XUT itself (``lycoris_<path>``) and files
+    already in the ``lora_unet_`` format are accepted too.
+    """
+    name, _, suffix = key.partition(".")
+    if suffix not in _ADAPTER_SUFFIXES:
+        return None
+    for prefix in _HDM_PREFIXES + (LORA_PREFIX + "_",):
+        if name.startswith(prefix):
+            return f"{LORA_PREFIX}_{name[len(prefix):]}.{suffix}"
+    return None
+
+
 @dataclass
 class ConversionReport:
     path: Path
@@ -686,20 +702,17 @@ def convert_hdm_adapter(
     dropped: list[str] = []
     unknown_modules: set[str] = set()
     for key in sd:
-        prefix = next((p for p in _HDM_PREFIXES if key.startswith(p)), None)
-        name, _, suffix = key.partition(".")
-        if prefix is None and key.startswith(LORA_PREFIX + "_"):
-            prefix = LORA_PREFIX + "_"
-        if prefix is None or suffix not in _ADAPTER_SUFFIXES:
+        new_key = rename_hdm_key(key)
+        if new_key is None:
             dropped.append(key)
             continue
-        new_name = LORA_PREFIX + "_" + name[len(prefix):]
+        new_name, suffix = new_key.split(".", 1)
         if known is not None and new_name not in known:
             unknown_modules.add(new_name)
         value = sd[key]
         if dtype is not None and value.is_floating_point() and suffix not in ("alpha", "dora_scale"):
             value = value.to(dtype)
-        out[f"{new_name}.{suffix}"] = value
+        out[new_key] = value
     if not out:
         raise AdapterError(
             f"{source}: no LyCORIS adapter tensors found (expected keys like "

@@ -209,7 +209,7 @@ def _model_dtype(model: nn.Module) -> torch.dtype:
     return torch.float32
 
 
-def _input_dtype(model: nn.Module, mixed_precision: str) -> tuple[torch.dtype, torch.dtype | None]:
+def input_dtypes(model: nn.Module, mixed_precision: str) -> tuple[torch.dtype, torch.dtype | None]:
     """(dtype fed to the model, autocast dtype or None)."""
     base = _model_dtype(model)
     amp = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}[mixed_precision]
@@ -263,7 +263,7 @@ class Trainer:
                 "the model's weights are inference tensors (created under torch.inference_mode) and cannot take part in "
                 "autograd; clone the model outside inference mode before training"
             )
-        self.input_dtype, self.amp_dtype = _input_dtype(model, config.mixed_precision)
+        self.input_dtype, self.amp_dtype = input_dtypes(model, config.mixed_precision)
         self.stream = BatchStream(data, config.seed, config.batch_size * self.dist.world)
 
         state = None
