@@ -309,15 +309,28 @@ class Adapter(nn.Module):
 
     def apply(self) -> None:
         if not self._applied:
+            # what each layer's instance dict held before, so restore leaves no trace
+            self._saved_forwards = [(m.org_module[0], m.org_module[0].__dict__.get("forward")) for m in self.network.loras]
             for module in self.network.loras:
                 module.apply_to()
             self._applied = True
 
     def restore(self) -> None:
         if self._applied:
-            for module in reversed(self.network.loras):
-                module.restore()
-            self._applied = False
+            try:
+                for module in reversed(self.network.loras):
+                    module.restore()
+            finally:
+                # LyCORIS' restore re-binds the original forward as an instance attribute; put the
+                # instance dict back exactly (class forward again visible to later patching)
+                for layer, forward in self._saved_forwards:
+                    if forward is None:
+                        layer.__dict__.pop("forward", None)
+                    else:
+                        layer.forward = forward
+                    layer.__dict__.pop("_lycoris_wrappers", None)
+                    layer.__dict__.pop("_lycoris_original_forward", None)
+                self._applied = False
 
     @contextlib.contextmanager
     def patched(self) -> Iterator["Adapter"]:
