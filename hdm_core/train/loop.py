@@ -275,6 +275,13 @@ class Trainer:
                     f"{resume_from} was trained with adapter settings {saved_cfg.to_dict()}, not {adapter_config.to_dict()}; "
                     "resume with the same adapter settings"
                 )
+        # adapter tensors must be normal tensors even when constructed under inference mode (ComfyUI)
+        with torch.inference_mode(False):
+            self._setup_adapter(adapter_config, state, resume_from, init_adapter)
+
+    def _setup_adapter(self, adapter_config, state, resume_from, init_adapter) -> None:
+        config = self.config
+        model = self.model
         self.adapter = create_adapter(model, adapter_config, device=self.device, seed=config.seed)
         self.optimizer = build_optimizer(self.adapter.trainable_parameters(), config.optimizer)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.mixed_precision == "fp16")
@@ -428,6 +435,23 @@ class Trainer:
         return self.output_dir / f"{self.config.output_name}-state.safetensors"
 
     # -- the loop ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        """Model frozen and patched with the adapter, grads on (even under inference mode).
+
+        On exit — normal or by an exception — the adapter is removed and the model's
+        requires_grad flags, train/eval modes and checkpointing flag are put back.
+        """
+        with preserved_model_state(self.model), torch.inference_mode(False), torch.enable_grad(), self.adapter.patched():
+            self.model.requires_grad_(False)
+            if hasattr(self.model, "set_gradient_checkpointing"):
+                self.model.set_gradient_checkpointing(self.config.gradient_checkpointing)
+            self.adapter.train()
+            try:
+                yield
+            finally:
+                self.adapter.eval()
+
     def _stop_requested(self) -> bool:
         flag = bool(self.callbacks.should_stop and self.callbacks.should_stop())
         return bool(_all_max(1.0 if flag else 0.0, self.dist, _collective_device(self.device)))
@@ -438,11 +462,7 @@ class Trainer:
         last_path: Path | None = None
         timer = time.perf_counter()
         start_step = self.step
-        with preserved_model_state(self.model), torch.inference_mode(False), torch.enable_grad(), self.adapter.patched():
-            self.model.requires_grad_(False)
-            if hasattr(self.model, "set_gradient_checkpointing"):
-                self.model.set_gradient_checkpointing(cfg.gradient_checkpointing)
-            self.adapter.train()
+        with self.session():
             while self.step < cfg.steps:
                 if self._stop_requested():
                     status, message = "interrupted", f"stopped at step {self.step} on request"
@@ -470,9 +490,12 @@ class Trainer:
                 if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.steps:
                     last_path = self.save(final=False) or last_path
                 if cfg.sample_every and self.step % cfg.sample_every == 0 and self.dist.main and self.callbacks.sample:
-                    with torch.no_grad():
-                        self.callbacks.sample(self.step, self.model)
-            self.adapter.eval()
+                    self.adapter.eval()  # no adapter dropout in previews
+                    try:
+                        with torch.no_grad():
+                            self.callbacks.sample(self.step, self.model)
+                    finally:
+                        self.adapter.train()
             if self.step > 0:
                 last_path = self.save(final=True) or last_path
             elif not message:
