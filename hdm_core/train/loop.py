@@ -300,15 +300,19 @@ class Trainer:
             self.adapter.load_exported(file.tensors, source=str(init_adapter))
 
         self.denoiser: nn.Module = _Denoiser(model, self.adapter)
-        if self.dist.world > 1:
-            from torch.nn.parallel import DistributedDataParallel
 
-            self.denoiser = DistributedDataParallel(
-                self.denoiser,
-                device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=adapter_config.module_dropout > 0,
-                broadcast_buffers=False,
-            )
+    def _wrap_ddp(self) -> None:
+        """Wrap for DDP once the base model is frozen, so only the adapter's tensors are synchronised."""
+        if self.dist.world == 1 or not isinstance(self.denoiser, _Denoiser):
+            return
+        from torch.nn.parallel import DistributedDataParallel
+
+        self.denoiser = DistributedDataParallel(
+            self.denoiser,
+            device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            find_unused_parameters=self.adapter.config.module_dropout > 0,
+            broadcast_buffers=False,
+        )
 
     # -- one micro-batch --------------------------------------------------------------------
     def local_batch(self, k: int) -> tuple[Batch, list[int]]:
@@ -446,6 +450,7 @@ class Trainer:
             self.model.requires_grad_(False)
             if hasattr(self.model, "set_gradient_checkpointing"):
                 self.model.set_gradient_checkpointing(self.config.gradient_checkpointing)
+            self._wrap_ddp()
             self.adapter.train()
             try:
                 yield
