@@ -49,6 +49,7 @@ class _StopFlag:
 
     def __init__(self) -> None:
         self.requested = False
+        self.previous = None
 
     def install(self) -> None:
         def handler(signum, frame):  # noqa: ARG001
@@ -57,7 +58,15 @@ class _StopFlag:
             self.requested = True
             log.warning("stopping after this step and saving (press Ctrl-C again to abort)")
 
-        signal.signal(signal.SIGINT, handler)
+        try:
+            self.previous = signal.signal(signal.SIGINT, handler)
+        except ValueError:  # not the main thread: no Ctrl-C handling
+            self.previous = None
+
+    def uninstall(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
 
     def __call__(self) -> bool:
         return self.requested
@@ -126,9 +135,12 @@ def fit(cfg: FitConfig, *, steps: int | None = None, resume: str | None = None) 
         )  # fmt: skip
         if bar is not None:
             bar.start(trainer.step)
-        result = trainer.run()
-        if bar is not None:
-            bar.close()
+        try:
+            result = trainer.run()
+        finally:
+            stop.uninstall()
+            if bar is not None:
+                bar.close()
         if main:
             if result.adapter_path:
                 log.info("adapter: %s", result.adapter_path)

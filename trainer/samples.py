@@ -58,7 +58,7 @@ def make_sampler(
     if not cfg.every:
         return None
     if encoders.decode_latents is None or encoders.encode_text is None:
-        missing = "a VAE decoder" if encoders.decode_latents is None else "a text encoder"
+        missing = "VAE decoder" if encoders.decode_latents is None else "text encoder"
         log.warning("sample images are skipped: no %s is configured ([encoders])", missing)
         return None
     with torch.no_grad():

@@ -236,3 +236,20 @@ def test_padded_text_batches_train(si, tmp_path):
                       [torch.randn(n, 16, generator=gen) for n in (1, 3, 0, 5)])  # fmt: skip
     result = train(si.tiny_xut(0), data, AdapterConfig(algo="lora"), _config(tmp_path, steps=3, tread_rate=0.5))
     assert result.status == "completed"
+
+
+def test_gradient_accumulation_averages_the_micro_batches(si, latent_data, tmp_path):
+    adapter = AdapterConfig(algo="lora", dim=4, preset="full")
+    acc = Trainer(si.tiny_xut(0), latent_data, adapter, _config(tmp_path, batch_size=1, grad_accum=2, tread_rate=0.5))
+    with acc.session():
+        acc.backward_micro_batches()
+    want = {n: p.grad.clone() for n, p in acc.adapter.trainable_parameters()}
+    acc.optimizer.zero_grad(set_to_none=True)
+    manual = {n: torch.zeros_like(g) for n, g in want.items()}
+    with acc.session():
+        for k in (0, 1):
+            acc.micro_batch_loss(k).backward()
+            for n, p in acc.adapter.trainable_parameters():
+                manual[n] += p.grad / 2
+            acc.optimizer.zero_grad(set_to_none=True)
+    assert all(torch.allclose(want[n], manual[n], rtol=1e-5, atol=1e-7) for n in want)
