@@ -129,9 +129,7 @@ def fit(cfg: FitConfig, *, steps: int | None = None, resume: str | None = None) 
         )
         trainer = Trainer(
             model, data, cfg.adapter, cfg.training, device=device, resume_from=cfg.resume.state or None,
-            init_adapter=cfg.resume.init_adapter or None, callbacks=callbacks,
-            metadata={"hdm_fit_config": _json(cfg.to_dict()), "ss_dataset_dirs": _json({Path(cfg.dataset.path).name: {"n_repeats": max((r.repeats for r in records), default=1), "img_count": len(records)}}),
-                      "ss_resolution": f"({cfg.buckets.resolution}, {cfg.buckets.resolution})"},
+            init_adapter=cfg.resume.init_adapter or None, callbacks=callbacks, metadata=_fit_metadata(cfg, records),
         )  # fmt: skip
         if bar is not None:
             bar.start(trainer.step)
@@ -160,6 +158,24 @@ def _json(value) -> str:
     import json
 
     return json.dumps(value, sort_keys=True)
+
+
+def _fit_metadata(cfg: FitConfig, records) -> dict[str, str]:
+    """kohya's dataset fields plus the whole config (``hdm_fit_config``)."""
+    dirs: dict[str, dict[str, int]] = {}
+    for rec in records:
+        entry = dirs.setdefault(rec.path.parent.name, {"n_repeats": rec.repeats, "img_count": 0})
+        entry["img_count"] += 1
+    return {
+        "hdm_fit_config": _json(cfg.to_dict()),
+        "ss_dataset_dirs": _json(dirs),
+        "ss_resolution": f"({cfg.buckets.resolution}, {cfg.buckets.resolution})",
+        "ss_enable_bucket": str(cfg.buckets.mode == "bucket"),
+        "ss_caption_dropout_rate": str(cfg.captions.caption_dropout),
+        "ss_caption_tag_dropout_rate": str(cfg.captions.tag_dropout),
+        "ss_shuffle_caption": str(cfg.captions.shuffle_tags),
+        "ss_keep_tokens": str(cfg.captions.keep_tokens),
+    }
 
 
 def _precache(data, rank: int, world: int, main: bool) -> None:

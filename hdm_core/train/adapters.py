@@ -311,9 +311,13 @@ class Adapter(nn.Module):
         if not self._applied:
             # what each layer's instance dict held before, so restore leaves no trace
             self._saved_forwards = [(m.org_module[0], m.org_module[0].__dict__.get("forward")) for m in self.network.loras]
-            for module in self.network.loras:
-                module.apply_to()
             self._applied = True
+            try:
+                for module in self.network.loras:
+                    module.apply_to()
+            except BaseException:
+                self.restore()  # never leave a half-patched model
+                raise
 
     def restore(self) -> None:
         if self._applied:

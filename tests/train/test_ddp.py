@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
 
 from hdm_core.checkpoint import read_state_dict
 from hdm_core.train import Trainer, read_adapter
