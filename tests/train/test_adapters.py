@@ -158,3 +158,20 @@ def test_fp32_files_reload_exactly_and_mismatches_are_explained(tiny_model, tmp_
     other = create_adapter(tiny_model, AdapterConfig(algo="loha", dim=4, preset="attn"))
     with pytest.raises(AdapterError, match=r"does not fit this adapter configuration \(loha, preset attn\): 50 unexpected keys"):
         other.load_exported(read_adapter(path).tensors, source="a.safetensors")
+
+
+def test_hdm_finetune_recipe_reproduces_the_reference_adapter_layout(fixtures_dir):
+    """preset full + train_norm + LoKr factor 4 full_matrix on the released 343M layout (meta device)
+    = exactly the keys, shapes and parameter count HDM's own trainer created (lycoris_lokr_manifest.json)."""
+    from hdm_core import HDM_XUT_SMALL, XUT
+    from hdm_core.train.adapters import rename_hdm_key
+
+    with torch.device("meta"):
+        full = XUT(HDM_XUT_SMALL, device="meta")
+    cfg = AdapterConfig(algo="lokr", factor=4, full_matrix=True, train_norm=True, preset="full", dim=4, alpha=1.0)
+    adapter = create_adapter(full, cfg, device="cpu")
+    manifest = json.loads((fixtures_dir / "lycoris_lokr_manifest.json").read_text())
+    ours = {k: list(v.shape) for k, v in adapter.export_tensors().items()}
+    theirs = {rename_hdm_key(e["key"]): e["shape"] for e in manifest["state_dict"]}
+    assert ours == theirs
+    assert sum(p.numel() for _, p in adapter.trainable_parameters()) == manifest["trainable_parameters"] == 21_443_432
