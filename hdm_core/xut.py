@@ -350,15 +350,15 @@ class XUT(nn.Module):
         ropes = [m for m in self.modules() if isinstance(m, AxialRoPE)]
         if torch.is_grad_enabled():
             return build_rope_tables(ropes, pos)
-        key = (
-            pos.shape, pos.dtype, pos.device, torch.is_inference_mode_enabled(),
-            tuple((id(r.freqs), r.freqs._version, r.freqs.data_ptr(), r.freqs.dtype) for r in ropes),
-        )
+        # Compare contents, not version counters: inference tensors (ComfyUI loads and patches
+        # models under inference mode) have none.
+        freqs = torch.stack([r.freqs.to(pos.device) for r in ropes]) if ropes else pos.new_zeros(0)
+        key = (pos.shape, pos.dtype, pos.device, freqs.dtype, torch.is_inference_mode_enabled())
         cached = self._rope_cache
-        if cached is not None and cached[0] == key and torch.equal(cached[1], pos):
-            return cached[2]
+        if cached is not None and cached[0] == key and torch.equal(cached[1], pos) and torch.equal(cached[2], freqs):
+            return cached[3]
         tables = build_rope_tables(ropes, pos)
-        self._rope_cache = (key, pos.clone(), tables)
+        self._rope_cache = (key, pos.clone(), freqs, tables)
         return tables
 
     def clear_rope_cache(self) -> None:

@@ -158,3 +158,18 @@ def test_half_precision_rotation_matches_fp32():
         model16.load_state_dict(model.state_dict())
         out = model16(x.bfloat16(), 0.5, ctx.bfloat16())
     assert float((out.float() - ref).pow(2).mean().sqrt() / ref.std()) < 0.05
+
+
+def test_rope_cache_under_inference_mode():
+    """ComfyUI builds, patches and runs models under inference mode (no version counters)."""
+    with torch.inference_mode():
+        model = XUT(TINY).eval()
+        x, ctx = torch.randn(1, 4, 8, 8), torch.randn(1, 3, 16)
+        a = model(x, 0.5, ctx)
+        rope = model.backbone.enc_blocks[0][0].attn.rope
+        rope.freqs.copy_(rope.freqs + 0.5)  # an in-place weight patch
+        b = model(x, 0.5, ctx)
+        model.clear_rope_cache()
+        c = model(x, 0.5, ctx)
+    assert not torch.equal(a, b)
+    assert torch.equal(b, c)
