@@ -86,7 +86,8 @@ def inputs(size: int, ctx_len: int, seed: int = 1):
     import torch
 
     gen = torch.Generator().manual_seed(seed)
-    return (torch.randn(1, 4, size, size, generator=gen), torch.tensor([0.7]), torch.randn(1, ctx_len, 1024, generator=gen))
+    x = torch.randn(1, 4, size, size, generator=gen)
+    return x, torch.tensor([0.7]), torch.randn(1, ctx_len, 1024, generator=gen), torch.zeros(1, 1)  # addon log(1)
 
 
 def worker_time(args: argparse.Namespace) -> dict:
@@ -95,7 +96,7 @@ def worker_time(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     ours = build_ours(args.dtype)
-    x, t, ctx = inputs(args.size, args.ctx)
+    x, t, ctx, addon = inputs(args.size, args.ctx)
     impls = {"ours": (ours, getattr(torch, DTYPES[args.dtype]))}
     if args.reference:
         impls["ref"] = (build_reference(args.reference, build_ours("fp32").state_dict(), args.ref_dtype),
@@ -106,7 +107,7 @@ def worker_time(args: argparse.Namespace) -> dict:
         for i in range(args.warmup + args.runs):
             for name, (model, dtype) in impls.items():
                 start = time.perf_counter()
-                out = model(x.to(dtype), t, ctx.to(dtype))
+                out = model(x.to(dtype), t, ctx.to(dtype), addon_info=addon.to(dtype))
                 elapsed = time.perf_counter() - start
                 if i >= args.warmup:
                     times[name].append(elapsed)
@@ -114,7 +115,7 @@ def worker_time(args: argparse.Namespace) -> dict:
     result = {"times": times, "threads": torch.get_num_threads(), "torch": torch.__version__}
     if args.accuracy:
         with torch.inference_mode():
-            ref32 = build_ours("fp32")(x, t, ctx).float()
+            ref32 = build_ours("fp32")(x, t, ctx, addon_info=addon).float()
         result["rel_err"] = {k: float((o - ref32).abs().max() / ref32.abs().max()) for k, o in outs.items()}
     return result
 
@@ -132,9 +133,9 @@ def worker_mem(args: argparse.Namespace) -> dict:
         model = build_reference(args.reference, sd, args.dtype)
         del sd
         dtype = getattr(torch, DTYPES[args.dtype])
-    x, t, ctx = inputs(args.size, args.ctx)
+    x, t, ctx, addon = inputs(args.size, args.ctx)
     with torch.inference_mode():
-        model(x.to(dtype), t, ctx.to(dtype))
+        model(x.to(dtype), t, ctx.to(dtype), addon_info=addon.to(dtype))
     return {"peak_rss_gb": _peak_rss_gb()}
 
 

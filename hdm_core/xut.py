@@ -91,6 +91,8 @@ class SwiGLU(nn.Module):
 
     def forward(self, x) -> torch.Tensor:
         a, b = self.w12(x).chunk(2, dim=-1)
+        if not torch.is_grad_enabled():  # inference: reuse the projection's buffer
+            return self.w3(F.silu(a, inplace=True).mul_(b))
         return self.w3(F.silu(a) * b)
 
 
@@ -102,7 +104,17 @@ class AdaLN(nn.Module):
         self.norm = operations.RMSNorm(dim, eps=1e-6, **_factory(dtype, device))
 
     def forward(self, x, scale1: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-        return torch.addcmul(shift, self.norm(x), scale1)
+        n = self.norm(x)
+        if not torch.is_grad_enabled():
+            return n.mul_(scale1).add_(shift)
+        return torch.addcmul(shift, n, scale1)
+
+
+def gated_residual(n: torch.Tensor, out: torch.Tensor, gate1: torch.Tensor) -> torch.Tensor:
+    """``n + out·(1 + gate)``; in place on the fresh sub-layer output when no graph is recorded."""
+    if not torch.is_grad_enabled():
+        return out.mul_(gate1).add_(n)
+    return torch.addcmul(n, out, gate1)
 
 
 class TransformerBlock(nn.Module):
@@ -130,14 +142,14 @@ class TransformerBlock(nn.Module):
     ) -> torch.Tensor:
         scale1, shift, gate1 = mods["attn"]
         n = self.attn_pre_norm(x, scale1, shift)
-        x = torch.addcmul(n, self.attn(n, rope, mask, transformer_options), gate1)
+        x = gated_residual(n, self.attn(n, rope, mask, transformer_options), gate1)
         if self.xattn is not None:
             scale1, shift, gate1 = mods["xattn"]
             n = self.xattn_pre_norm(x, scale1, shift)
-            x = torch.addcmul(n, self.xattn(n, memory, rope, mask, transformer_options), gate1)
+            x = gated_residual(n, self.xattn(n, memory, rope, mask, transformer_options), gate1)
         scale1, shift, gate1 = mods["ffw"]
         n = self.mlp_pre_norm(x, scale1, shift)
-        return torch.addcmul(n, self.mlp(n), gate1)
+        return gated_residual(n, self.mlp(n), gate1)
 
 
 class PatchEmbed(nn.Module):
