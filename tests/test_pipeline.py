@@ -158,3 +158,14 @@ def test_from_files_equals_in_memory_models(tmp_path, pipe):
     # a trainer checkpoint carrying the text encoder as te.text_models.0.* needs no separate file
     from_one = HDMPipeline.from_files(paths["ckpt"], device="cpu")
     torch.testing.assert_close(from_one.sample(_params(steps=1)), pipe.sample(_params(steps=1)), rtol=0, atol=1e-5)
+
+
+def test_default_dtype_follows_the_cpu(monkeypatch):
+    from hdm_core import pipeline
+
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx2": True, "amx_bf16": False, "avx512_bf16": False})
+    assert pipeline.default_dtype(torch.device("cpu")) == torch.float32
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx2": True, "amx_bf16": True})
+    assert pipeline.default_dtype(torch.device("cpu")) == torch.bfloat16
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True})
+    assert pipeline.cpu_has_fast_bf16()
