@@ -59,7 +59,6 @@ def build_ours(dtype_name: str, seed: int = 0):
         model.time_emb.freqs.copy_(torch.exp(-torch.log(torch.tensor(10000.0)) * torch.arange(half) / half)[None])
     dtype = getattr(torch, DTYPES[dtype_name])
     model = model.to(dtype).eval()
-    model.time_emb.freqs.data = model.time_emb.freqs.data.float()
     model.dtype = dtype
     return model
 

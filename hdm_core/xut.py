@@ -190,6 +190,15 @@ class TimestepEmbedding(nn.Module):
         self.register_buffer("freqs", freqs.to(device=device), persistent=True)
         self.proj = nn.Sequential(operations.Linear(dim, dim, **_factory(dtype, device)), nn.Mish())
 
+    def _apply(self, fn, recurse=True):
+        # ``model.to(torch.bfloat16)`` would round the frequencies, shifting phases of up to
+        # 1000 rad by radians; keep the buffer float32 through any cast (device moves apply).
+        freqs = self.freqs
+        super()._apply(fn, recurse)
+        if self.freqs.dtype != freqs.dtype and freqs.dtype in (torch.float32, torch.float64):
+            self.freqs = freqs.to(device=self.freqs.device)
+        return self
+
     def forward(self, t: torch.Tensor, batch: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         phase_dtype = torch.promote_types(dtype, torch.float32)
         t = t.to(device, phase_dtype).reshape(-1, 1)

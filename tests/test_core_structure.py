@@ -173,3 +173,14 @@ def test_rope_cache_under_inference_mode():
         c = model(x, 0.5, ctx)
     assert not torch.equal(a, b)
     assert torch.equal(b, c)
+
+
+def test_dtype_casts_keep_time_frequencies_in_float32():
+    model = XUT(TINY)
+    before = model.time_emb.freqs.clone()
+    model = model.to(torch.bfloat16)
+    assert model.in_patch.proj.weight.dtype == torch.bfloat16
+    assert model.time_emb.freqs.dtype == torch.float32 and torch.equal(model.time_emb.freqs, before)
+    model.half().float()
+    assert torch.equal(model.time_emb.freqs, before)
+    assert model.to("meta").time_emb.freqs.device.type == "meta"
