@@ -30,6 +30,7 @@ import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -59,16 +60,20 @@ def manifest() -> dict:
     return json.loads((FIXTURES / "full_manifest.json").read_text())
 
 
-def random_vae_state_dict(seed: int = 0, dtype=torch.float16) -> dict[str, torch.Tensor]:
+def random_vae_state_dict(seed: int = 0, dtype=torch.float16, decoder_width: int = 1) -> dict[str, torch.Tensor]:
     """Every ``vae.*`` key of the released file (diffusers layout), random but well scaled.
 
     Weights ~ N(0, 1/fan_in), norms 1, biases 0; the decoder's last conv is damped so decoded
-    images stay inside [-1, 1] instead of clipping (tests compare images).
+    images stay inside [-1, 1] instead of clipping (tests compare images). ``decoder_width``
+    > 1 narrows the decoder's channels by that factor (ComfyUI reads the decoder width off
+    ``decoder.conv_in``), which keeps test decodes fast; 1 gives exactly the released shapes.
     """
     gen = torch.Generator().manual_seed(seed)
     out = {}
     for entry in manifest()["vae"]["keys"]:
-        key, shape = entry["key"], entry["shape"]
+        key, shape = entry["key"], list(entry["shape"])
+        if decoder_width > 1 and key.startswith("vae.decoder."):
+            shape = [d // decoder_width if d >= 128 and d % 128 == 0 else d for d in shape]
         if len(shape) >= 2:
             fan_in = 1
             for s in shape[1:]:
@@ -85,7 +90,7 @@ def random_vae_state_dict(seed: int = 0, dtype=torch.float16) -> dict[str, torch
 
 
 def tiny_xut_state_dict(seed: int = 0, config: dict | None = None) -> dict[str, torch.Tensor]:
-    """A random XUT (default PyTorch init, then the adaLN outputs rescaled to stay tame)."""
+    """A random XUT with PyTorch's default initialisation."""
     import hdm_core
 
     torch.manual_seed(seed)
@@ -120,6 +125,27 @@ def tiny_qwen3_state_dict(seed: int = 0, prefix: str = "model.", config: dict | 
     return {prefix + k: v for k, v in sd.items()}
 
 
+def tiny_lora_state_dict(xut_sd: dict[str, torch.Tensor], rank: int = 4, seed: int = 1, scale: float = 0.5) -> dict[str, torch.Tensor]:
+    """A LoRA in ComfyUI's generic ``lora_unet_<module path>`` naming over every Linear and the patch conv."""
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for key, w in xut_sd.items():
+        if not key.endswith(".weight") or w.ndim not in (2, 4):
+            continue
+        name = "lora_unet_" + key[: -len(".weight")].replace(".", "_")
+        if w.ndim == 2:
+            down = torch.randn(rank, w.shape[1], generator=gen) * scale / w.shape[1] ** 0.5
+            up = torch.randn(w.shape[0], rank, generator=gen) * scale / rank**0.5
+        else:
+            fan_in = w.shape[1] * w.shape[2] * w.shape[3]
+            down = torch.randn(rank, w.shape[1], w.shape[2], w.shape[3], generator=gen) * scale / fan_in**0.5
+            up = torch.randn(w.shape[0], rank, 1, 1, generator=gen) * scale / rank**0.5
+        out[name + ".lora_down.weight"] = down
+        out[name + ".lora_up.weight"] = up
+        out[name + ".alpha"] = torch.tensor(float(rank))
+    return out
+
+
 def save(tensors: dict[str, torch.Tensor], path: Path) -> Path:
     from safetensors.torch import save_file
 
@@ -138,6 +164,7 @@ class StubServer:
         self.last_prompt_id = None
         self.sockets_metadata: dict = {}
         self.messages: list[tuple[str, Any]] = []
+        self.node_replace_manager = SimpleNamespace(register=lambda *args, **kwargs: None)  # v0.33 API nodes
 
     def send_sync(self, event, data, sid=None):
         self.messages.append((event, data))
@@ -239,13 +266,26 @@ class Comfy:
     # -- models ---------------------------------------------------------------
     def write_default_models(self) -> None:
         self.xut_sd = tiny_xut_state_dict(0)
-        self.vae_sd = random_vae_state_dict(0)
+        self.vae_sd = random_vae_state_dict(0, decoder_width=4)
         ckpt = {"unet.model." + k: v for k, v in self.xut_sd.items()}
         ckpt.update(self.vae_sd)
         save(ckpt, self.models / "checkpoints" / CKPT_NAME)
-        save({k[len("vae."):]: v for k, v in self.vae_sd.items()}, self.models / "vae" / VAE_NAME)
         self.te_sd = tiny_qwen3_state_dict(0)
         save(self.te_sd, self.models / "text_encoders" / TE_NAME)
+
+    def write_full_vae(self) -> Path:
+        """A standalone EQ-SDXL-VAE file with exactly the released shapes (models/vae)."""
+        path = self.models / "vae" / VAE_NAME
+        if not path.exists():
+            sd = random_vae_state_dict(0)
+            save({k[len("vae."):]: v for k, v in sd.items()}, path)
+        return path
+
+    def write_lora(self, name: str = "hdm-lora.safetensors", **kwargs) -> Path:
+        path = self.models / "loras" / name
+        if not path.exists():
+            save(tiny_lora_state_dict(self.xut_sd, **kwargs), path)
+        return path
 
     def model_path(self, folder: str, name: str) -> Path:
         return self.models / folder / name
@@ -288,6 +328,10 @@ class HDMTestCapture:
     @classmethod
     def VALIDATE_INPUTS(cls, input_types=None, **kwargs):
         return True
+
+    @classmethod
+    def IS_CHANGED(cls, **kwargs):
+        return float("nan")  # never cached: every run captures afresh
 
     RETURN_TYPES = ()
     FUNCTION = "capture"
@@ -380,3 +424,83 @@ def ui_to_api(ui: dict, node_classes: dict) -> dict:
         assert not values, f"node {node['id']} ({node['type']}): unused widget values {values}"
         api[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
     return api
+
+
+# ----------------------------------------------------------------------------- the reference
+def reference_latent(
+    comfy: Comfy,
+    positive: torch.Tensor,
+    negative: torch.Tensor | None,
+    *,
+    seed: int,
+    shape: tuple[int, int, int, int],
+    cfg: float,
+    steps: int | None = None,
+    sigmas: torch.Tensor | None = None,
+    camera: tuple[float, float, float] = (0.0, 0.0, 1.0),
+    gammas: tuple[float, float] = (0.0, 0.0),
+    xut_sd: dict | None = None,
+) -> torch.Tensor:
+    """What HDM Sampler must produce, computed with ``hdm_core`` alone (VAE-space latent).
+
+    Same weights, ``hdm_core.flow.seeded_noise``, ``flow_timesteps`` (or given sigmas),
+    ``sample_euler`` over ``cfg_model``, the reference camera map, and TREAD keep-masks drawn
+    with the pack's documented seeding rule (``tread_seed``).
+    """
+    import hdm_core
+    from hdm_core import flow, latents, positions
+
+    xut = hdm_core.load_xut(xut_sd if xut_sd is not None else comfy.xut_sd, dtype=torch.float32)
+    b, c, h, w = shape
+    pos_map = positions.camera_pos_map(h, w, *camera)[None]
+    num_img = (h // 2) * (w // 2)
+    model_mod = comfy.hdm.model
+
+    def branch(ctx, branch_index, gamma):
+        def run(x, t, **_):
+            mask = None
+            if gamma > 0:
+                seeds = [model_mod.tread_seed(seed, branch_index, row, float(tt)) for row, tt in enumerate(t.tolist())]
+                mask = model_mod.tread_keep_mask(num_img, gamma, seeds)
+            return xut(x, t, ctx.expand(x.shape[0], -1, -1), pos_map=pos_map, tread_mask=mask)
+
+        return run
+
+    cond_fn = branch(positive, 0, gammas[0])
+    uncond_fn = branch(negative, 1, gammas[1]) if negative is not None else None
+
+    def velocity(x, t):
+        v_c = cond_fn(x, t)
+        if uncond_fn is None or cfg == 1.0:
+            return v_c
+        v_u = uncond_fn(x, t)
+        return v_u + cfg * (v_c - v_u)
+
+    ts = sigmas.double() if sigmas is not None else flow.flow_timesteps(steps)
+    noise = flow.seeded_noise(shape, seed)
+    return latents.denormalize(flow.sample_euler(velocity, noise, ts))
+
+
+def txt2img_prompt(text: str = "1girl, izuna (blue archive), smile", negative: str = "", *, seed: int = 1, steps: int = 3,
+                   cfg: float = 3.0, width: int = 64, height: int = 64, scheduler: str = "hdm_uniform",
+                   sampler_name: str = "euler", camera=None, gammas=None, bracket_mode: str = "danbooru",
+                   ckpt: str = CKPT_NAME, text_encoder: str = TE_NAME) -> dict:
+    """A small HDM-node prompt (loader → text encode ×2 → [camera] → [TREAD] → HDM Sampler → HDM VAE Decode)."""
+    p = {
+        "1": {"class_type": "HDMCheckpointLoader", "inputs": {"ckpt_name": ckpt, "text_encoder": text_encoder}},
+        "2": {"class_type": "HDMTextEncode", "inputs": {"clip": ["1", 1], "text": text, "bracket_mode": bracket_mode}},
+        "3": {"class_type": "HDMTextEncode", "inputs": {"clip": ["1", 1], "text": negative, "bracket_mode": bracket_mode}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": width, "height": height, "batch_size": 1}},
+    }
+    pos, neg = ["2", 0], ["3", 0]
+    if camera is not None:
+        p["5"] = {"class_type": "HDMCamera", "inputs": {"positive": pos, "negative": neg, "x_shift": camera[0], "y_shift": camera[1], "zoom": camera[2]}}
+        pos, neg = ["5", 0], ["5", 1]
+    if gammas is not None:
+        p["6"] = {"class_type": "HDMTreadGuidance", "inputs": {"positive": pos, "negative": neg, "positive_gamma": gammas[0], "negative_gamma": gammas[1]}}
+        pos, neg = ["6", 0], ["6", 1]
+    p["7"] = {"class_type": "HDMSampler", "inputs": {
+        "model": ["1", 0], "positive": pos, "negative": neg, "latent_image": ["4", 0], "seed": seed, "steps": steps,
+        "cfg": cfg, "sampler_name": sampler_name, "scheduler": scheduler, "denoise": 1.0}}
+    p["8"] = {"class_type": "HDMVAEDecode", "inputs": {"samples": ["7", 0], "vae": ["1", 2], "tiled": False, "tile_size": 1024, "overlap": 128}}
+    return p
