@@ -231,10 +231,10 @@ class HDMConfig(comfy.supported_models_base.BASE):
     unet_extra_config = {}  # the BASE default (num_heads/num_head_channels) is for UNets
     sampling_settings = {"multiplier": 1.0, "shift": 1.0}
     latent_format = HDMLatentFormat
-    #: Peak activation memory of one forward pass, in ComfyUI's unit (MiB per latent cell per
-    #: byte of dtype, ×100): measured by benchmarks/measure_memory_factor.py on the released
-    #: 343M architecture (see that script for the method and numbers).
-    memory_usage_factor = 1.4
+    #: Peak activation memory of one forward pass in ComfyUI's unit (``area·dtype_size·0.01·f``
+    #: MiB): 0.58 measured at 512 px (0.47-0.52 at 768-2048 px) by
+    #: benchmarks/measure_memory_factor.py on the released 343M architecture, rounded up.
+    memory_usage_factor = 0.6
     supported_inference_dtypes = [torch.float16, torch.bfloat16, torch.float32]
     vae_key_prefix = ["vae."]
     text_encoder_key_prefix = ["te.text_models.0."]
