@@ -21,6 +21,7 @@ from typing import Any, Mapping
 
 import torch
 
+import comfy.diffusers_convert
 import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.sd
@@ -222,8 +223,6 @@ def build_vae(sd: Mapping[str, torch.Tensor], what: str, report: LoadReport, met
         raise HDMLoadError(f"{what}: its VAE has {conv_in.shape[1]} latent channels, HDM needs EQ-SDXL-VAE (4 channels).")
     converted = vae_sd
     if "decoder.up_blocks.0.resnets.0.norm1.weight" in vae_sd:
-        import comfy.diffusers_convert
-
         converted = comfy.diffusers_convert.convert_vae_state_dict(dict(vae_sd))
     kwargs: dict[str, Any] = {"sd": vae_sd, "metadata": metadata}
     if device is not None:

@@ -266,7 +266,12 @@ class Comfy:
     # -- models ---------------------------------------------------------------
     def write_default_models(self) -> None:
         self.xut_sd = tiny_xut_state_dict(0)
-        self.vae_sd = random_vae_state_dict(0, decoder_width=4)
+        # A narrower decoder keeps test decodes fast where ComfyUI reads the decoder width off
+        # the weights (v0.33); older versions assume SDXL's widths, so they get the full VAE.
+        import comfy.sd
+
+        narrow_ok = "decoder_ddconfig" in inspect.getsource(comfy.sd.VAE.__init__)
+        self.vae_sd = random_vae_state_dict(0, decoder_width=4 if narrow_ok else 1)
         ckpt = {"unet.model." + k: v for k, v in self.xut_sd.items()}
         ckpt.update(self.vae_sd)
         save(ckpt, self.models / "checkpoints" / CKPT_NAME)

@@ -268,3 +268,33 @@ def test_fit_latent_rgb_recovers_a_linear_map_and_runs_on_a_vae(cui, tmp_path):
     assert len(result["factors"]) == 4 and all(len(r) == 3 for r in result["factors"]) and len(result["bias"]) == 3
     assert result["cells"] == 2 * 6 * 8
     assert 0.0 <= result["r2"] <= 1.0
+
+
+def test_stock_checkpoint_save_round_trips_through_the_hdm_loader(cui):
+    """ComfyUI's Save Checkpoint writes HDM's trainer layout (unet.model.* + vae.* + te.*), which loads back."""
+    import shutil
+
+    prompt = {
+        "1": {"class_type": "HDMCheckpointLoader", "inputs": {"ckpt_name": H.CKPT_NAME, "text_encoder": H.TE_NAME}},
+        "2": {"class_type": "CheckpointSave", "inputs": {"model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "filename_prefix": "checkpoints/hdm-roundtrip"}},
+    }
+    result = cui.run(prompt)
+    assert result.ok, result.error()
+    saved = sorted((cui.root / "output" / "checkpoints").glob("hdm-roundtrip*.safetensors"))
+    assert saved
+    target = cui.models / "checkpoints" / "hdm-roundtrip.safetensors"
+    shutil.copy(saved[-1], target)
+    import comfy.utils
+
+    keys = comfy.utils.load_torch_file(str(target)).keys()
+    assert {k.split(".", 1)[0] for k in keys} == {"unet", "vae", "te"}
+
+    node = cui.nodes.NODE_CLASS_MAPPINGS["HDMCheckpointLoader"]()
+    a = node.load(H.CKPT_NAME, H.TE_NAME)
+    b = node.load("hdm-roundtrip.safetensors", "from checkpoint")
+    sd_a, sd_b = a[0].model.diffusion_model.state_dict(), b[0].model.diffusion_model.state_dict()
+    assert sd_a.keys() == sd_b.keys() and all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)
+    tokens = "1girl, smile"
+    torch.testing.assert_close(b[1].encode_from_tokens(b[1].tokenize(tokens)), a[1].encode_from_tokens(a[1].tokenize(tokens)), rtol=0, atol=0)
+    z = torch.randn(1, 4, 8, 8)
+    torch.testing.assert_close(b[2].decode(z), a[2].decode(z), rtol=0, atol=0)
