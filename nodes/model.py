@@ -147,8 +147,8 @@ class HDMDiffusionModel(XUT):
         super().__init__(
             XUTConfig.from_dict(config), dtype=dtype, device=device, operations=operations, attention=comfy_attention_fn
         )
-        # Inference only: ComfyUI < 0.4 leaves modules in training mode, where XUT would
-        # route tokens at the training TREAD rate.
+        # Inference only: older ComfyUI (0.3.x) leaves the diffusion model in training mode,
+        # where XUT would route tokens at the training TREAD rate.
         self.eval()
 
     def forward(self, x, timesteps, context=None, transformer_options={}, **kwargs):  # noqa: B006 (ComfyUI's signature)

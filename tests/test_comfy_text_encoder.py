@@ -98,6 +98,8 @@ def test_danbooru_mode_keeps_tag_brackets_literal(cui, clip):
     torch.testing.assert_close(got, hf_reference(cui, ids), rtol=1e-4, atol=1e-4)
     # comfy mode with the backslash rule gives the same; without it the brackets vanish into a weight.
     torch.testing.assert_close(encode(clip, r"1girl, izuna \(blue archive\), smile", "comfy"), got, rtol=0, atol=0)
+    # Already-escaped brackets are not escaped twice in danbooru mode.
+    torch.testing.assert_close(encode(clip, r"1girl, izuna \(blue archive\), smile", "danbooru"), got, rtol=0, atol=0)
     stock = encode(clip, text, "comfy")
     assert stock.shape[1] != got.shape[1] or not torch.allclose(stock, got)
 
