@@ -258,10 +258,11 @@ def describe_state_dict(keys: list[str] | Mapping[str, Any]) -> str:
         return "it looks like a DiT-style transformer of another model family, not HDM"
     if has("self_attn.q_norm.weight") and has("embed_tokens.weight"):
         return "it looks like a Qwen3 text encoder; load it as the text encoder, not as the diffusion model"
-    if has("embed_tokens.weight", "layers.0.self_attn.q_proj.weight"):
-        return "it looks like a language-model text encoder, not a diffusion model"
+    # CLIP-L/G keys also contain "layers.0.self_attn.q_proj.weight": check CLIP/T5 first.
     if has("text_model.encoder.layers.", "encoder.block.0.layer."):
         return "it looks like a CLIP/T5 text encoder, not HDM"
+    if has("embed_tokens.weight", "layers.0.self_attn.q_proj.weight"):
+        return "it looks like a language-model text encoder, not a diffusion model"
     if has("decoder.conv_in.weight", "decoder.up.0.", "decoder.up_blocks.0.") and not has("backbone."):
         return "it looks like a bare VAE (no diffusion model inside); load it as the VAE"
     return f"it holds {len(keys)} tensors, none of them XUT keys (first keys: {', '.join(keys[:4])})"

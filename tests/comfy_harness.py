@@ -1,0 +1,511 @@
+"""A real ComfyUI, in process, for the HDM node tests.
+
+One instance per test session (module-level singletons; ComfyUI itself is a singleton):
+
+* ComfyUI is imported from ``COMFYUI_PATH`` (see ``conftest.find_comfyui``) in CPU mode,
+  its built-in node modules are initialised and this pack is loaded by ComfyUI's own
+  ``nodes.load_custom_node`` — exactly how ComfyUI imports a custom node folder.
+* Model, output and temp folders are temporary and registered with ``folder_paths``;
+  nothing is written into the ComfyUI checkout.
+* Tiny models are written there under the released file names: a tiny XUT (``hdm_core``,
+  random weights) + an EQ-SDXL-VAE-layout VAE (every key and shape of the released VAE,
+  random weights) as ``hdm-xut-340M-1024px-note.safetensors``, and a tiny Qwen3 in the
+  Hugging Face layout as ``qwen3-0.6b.safetensors``.
+* Prompts (API format) run through ``execution.validate_prompt`` and
+  ``execution.PromptExecutor`` with a stub server, collecting the messages the frontend
+  would receive (``execution_error`` carries the text of ComfyUI's error dialog).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import importlib
+import inspect
+import json
+import os
+import shutil
+import sys
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "tests" / "fixtures" / "xut_reference"
+WORKFLOWS = REPO / "workflows"
+
+CKPT_NAME = "hdm-xut-340M-1024px-note.safetensors"
+TE_NAME = "qwen3-0.6b.safetensors"
+VAE_NAME = "eq-sdxl-vae.safetensors"
+
+TE_HIDDEN = 64
+TINY_XUT = dict(
+    patch_size=2, input_dim=4, dim=64, ctx_dim=TE_HIDDEN, heads=4, dim_head=16, mlp_dim=128,
+    depth=2, enc_blocks=1, dec_blocks=2, addon_info_embs_dim=1,
+    tread_config=dict(prev_trns_depth=1, post_trns_depth=1, dropout_ratio=0.5),
+)
+TINY_QWEN3 = dict(
+    vocab_size=151936, hidden_size=TE_HIDDEN, intermediate_size=128, num_hidden_layers=2,
+    num_attention_heads=2, num_key_value_heads=1, head_dim=128,
+)
+
+
+# ----------------------------------------------------------------------------- tiny models
+def manifest() -> dict:
+    return json.loads((FIXTURES / "full_manifest.json").read_text())
+
+
+def random_vae_state_dict(seed: int = 0, dtype=torch.float16, decoder_width: int = 1) -> dict[str, torch.Tensor]:
+    """Every ``vae.*`` key of the released file (diffusers layout), random but well scaled.
+
+    Weights ~ N(0, 1/fan_in), norms 1, biases 0; the decoder's last conv is damped so decoded
+    images stay inside [-1, 1] instead of clipping (tests compare images). ``decoder_width``
+    > 1 narrows the decoder's channels by that factor (ComfyUI reads the decoder width off
+    ``decoder.conv_in``), which keeps test decodes fast; 1 gives exactly the released shapes.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for entry in manifest()["vae"]["keys"]:
+        key, shape = entry["key"], list(entry["shape"])
+        if decoder_width > 1 and key.startswith("vae.decoder."):
+            shape = [d // decoder_width if d >= 128 and d % 128 == 0 else d for d in shape]
+        if len(shape) >= 2:
+            fan_in = 1
+            for s in shape[1:]:
+                fan_in *= s
+            t = torch.randn(shape, generator=gen) / fan_in**0.5
+            if key.endswith("decoder.conv_out.weight"):
+                t *= 0.05
+        elif "norm" in key and key.endswith(".weight"):
+            t = torch.ones(shape)
+        else:
+            t = torch.zeros(shape)
+        out[key] = t.to(dtype)
+    return out
+
+
+def tiny_xut_state_dict(seed: int = 0, config: dict | None = None) -> dict[str, torch.Tensor]:
+    """A random XUT with PyTorch's default initialisation."""
+    import hdm_core
+
+    torch.manual_seed(seed)
+    model = hdm_core.XUT(hdm_core.XUTConfig.from_dict(config or TINY_XUT), dtype=torch.float32)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def tiny_qwen3_state_dict(seed: int = 0, prefix: str = "model.", config: dict | None = None) -> dict[str, torch.Tensor]:
+    """A random Qwen3 with the real key layout (Hugging Face names under ``prefix``)."""
+    c = dict(TINY_QWEN3, **(config or {}))
+    gen = torch.Generator().manual_seed(seed)
+    h, hd = c["hidden_size"], c["head_dim"]
+    q, kv, inter = c["num_attention_heads"] * hd, c["num_key_value_heads"] * hd, c["intermediate_size"]
+
+    def lin(o, i):
+        return torch.randn(o, i, generator=gen) / i**0.5
+
+    def norm(n):
+        return 1 + 0.1 * torch.randn(n, generator=gen)
+
+    sd = {"embed_tokens.weight": torch.randn(c["vocab_size"], h, generator=gen), "norm.weight": norm(h)}
+    for i in range(c["num_hidden_layers"]):
+        p = f"layers.{i}."
+        sd.update({
+            p + "self_attn.q_proj.weight": lin(q, h), p + "self_attn.k_proj.weight": lin(kv, h),
+            p + "self_attn.v_proj.weight": lin(kv, h), p + "self_attn.o_proj.weight": lin(h, q),
+            p + "self_attn.q_norm.weight": norm(hd), p + "self_attn.k_norm.weight": norm(hd),
+            p + "mlp.gate_proj.weight": lin(inter, h), p + "mlp.up_proj.weight": lin(inter, h),
+            p + "mlp.down_proj.weight": lin(h, inter),
+            p + "input_layernorm.weight": norm(h), p + "post_attention_layernorm.weight": norm(h),
+        })
+    return {prefix + k: v for k, v in sd.items()}
+
+
+def tiny_lora_state_dict(xut_sd: dict[str, torch.Tensor], rank: int = 4, seed: int = 1, scale: float = 0.5) -> dict[str, torch.Tensor]:
+    """A LoRA in ComfyUI's generic ``lora_unet_<module path>`` naming over every Linear and the patch conv."""
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for key, w in xut_sd.items():
+        if not key.endswith(".weight") or w.ndim not in (2, 4):
+            continue
+        name = "lora_unet_" + key[: -len(".weight")].replace(".", "_")
+        if w.ndim == 2:
+            down = torch.randn(rank, w.shape[1], generator=gen) * scale / w.shape[1] ** 0.5
+            up = torch.randn(w.shape[0], rank, generator=gen) * scale / rank**0.5
+        else:
+            fan_in = w.shape[1] * w.shape[2] * w.shape[3]
+            down = torch.randn(rank, w.shape[1], w.shape[2], w.shape[3], generator=gen) * scale / fan_in**0.5
+            up = torch.randn(w.shape[0], rank, 1, 1, generator=gen) * scale / rank**0.5
+        out[name + ".lora_down.weight"] = down
+        out[name + ".lora_up.weight"] = up
+        out[name + ".alpha"] = torch.tensor(float(rank))
+    return out
+
+
+def save(tensors: dict[str, torch.Tensor], path: Path) -> Path:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+    return path
+
+
+# ----------------------------------------------------------------------------- ComfyUI
+class StubServer:
+    """What ComfyUI's executor and progress hooks need from ``server.PromptServer``."""
+
+    def __init__(self) -> None:
+        self.client_id = None
+        self.last_node_id = None
+        self.last_prompt_id = None
+        self.sockets_metadata: dict = {}
+        self.messages: list[tuple[str, Any]] = []
+        self.node_replace_manager = SimpleNamespace(register=lambda *args, **kwargs: None)  # v0.33 API nodes
+
+    def send_sync(self, event, data, sid=None):
+        self.messages.append((event, data))
+
+    def queue_updated(self):
+        pass
+
+    def add_on_prompt_handler(self, handler):
+        pass
+
+    def send_progress_text(self, text, node_id, sid=None):
+        self.messages.append(("progress_text", {"text": text, "node": node_id}))
+
+
+@dataclass
+class RunResult:
+    ok: bool
+    validation: Any
+    messages: list
+    outputs: dict[str, Any] = field(default_factory=dict)
+    progress: list = field(default_factory=list)
+
+    def error(self) -> dict | None:
+        for event, data in self.messages:
+            if event in ("execution_error", "execution_interrupted"):
+                return dict(data, event=event)
+        return None
+
+
+class Comfy:
+    """The in-process ComfyUI plus this pack, tiny models and helpers to run prompts."""
+
+    def __init__(self, comfyui_path: Path) -> None:
+        self.path = comfyui_path
+        self.root = Path(tempfile.mkdtemp(prefix="hdm-comfy-tests-"))
+        self.models = self.root / "models"
+        for sub in ("checkpoints", "text_encoders", "vae", "loras", "embeddings", "diffusion_models"):
+            (self.models / sub).mkdir(parents=True)
+        for sub in ("output", "temp", "input", "user"):
+            (self.root / sub).mkdir()
+
+        import comfy.cli_args
+
+        args = comfy.cli_args.args
+        args.cpu = True
+        args.preview_method = comfy.cli_args.LatentPreviewMethod.Latent2RGB
+        import folder_paths
+
+        for name in ("checkpoints", "text_encoders", "vae", "loras", "embeddings", "diffusion_models"):
+            folder_paths.add_model_folder_path(name, str(self.models / name), is_default=True)
+        folder_paths.set_output_directory(str(self.root / "output"))
+        folder_paths.set_temp_directory(str(self.root / "temp"))
+        folder_paths.set_input_directory(str(self.root / "input"))
+        if hasattr(folder_paths, "set_user_directory"):
+            folder_paths.set_user_directory(str(self.root / "user"))
+        self.folder_paths = folder_paths
+
+        # ComfyUI's main.py imports its top-level ``utils`` package before ``nodes``, which
+        # (in 0.3.x) puts comfy/ first on sys.path, where comfy/utils.py would shadow it.
+        if (comfyui_path / "utils" / "__init__.py").is_file():
+            importlib.import_module("utils")
+            for sub in ("extra_config", "install_util"):
+                if (comfyui_path / "utils" / f"{sub}.py").is_file():
+                    importlib.import_module(f"utils.{sub}")
+        import server
+
+        self.server = StubServer()
+        server.PromptServer.instance = self.server
+        import comfy.utils
+        import execution
+        import nodes
+
+        self.nodes = nodes
+        self.execution = execution
+        asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+        before = set(nodes.NODE_CLASS_MAPPINGS)
+        loaded = asyncio.run(nodes.load_custom_node(str(REPO)))
+        assert loaded, "ComfyUI failed to import the HDM pack (see the log above)"
+        self.pack_nodes = sorted(set(nodes.NODE_CLASS_MAPPINGS) - before)
+        self.pack = sys.modules[str(REPO).replace(".", "_x_")]
+        self.hdm = importlib.import_module(self.pack.__name__ + ".nodes")
+
+        self.progress: list = []
+
+        def hook(value, total, preview_image, prompt_id=None, node_id=None):
+            self.progress.append((value, total, preview_image))
+            import comfy.model_management
+
+            comfy.model_management.throw_exception_if_processing_interrupted()
+
+        comfy.utils.set_progress_bar_global_hook(hook)
+        params = inspect.signature(execution.PromptExecutor.__init__).parameters
+        if "cache_args" in params:
+            self.executor = execution.PromptExecutor(self.server, cache_type=False, cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})
+        else:
+            self.executor = execution.PromptExecutor(self.server, cache_type=False)
+        self.write_default_models()
+
+    # -- models ---------------------------------------------------------------
+    def write_default_models(self) -> None:
+        self.xut_sd = tiny_xut_state_dict(0)
+        # A narrower decoder keeps test decodes fast where ComfyUI reads the decoder width off
+        # the weights (v0.33); older versions assume SDXL's widths, so they get the full VAE.
+        import comfy.sd
+
+        narrow_ok = "decoder_ddconfig" in inspect.getsource(comfy.sd.VAE.__init__)
+        self.vae_sd = random_vae_state_dict(0, decoder_width=4 if narrow_ok else 1)
+        ckpt = {"unet.model." + k: v for k, v in self.xut_sd.items()}
+        ckpt.update(self.vae_sd)
+        save(ckpt, self.models / "checkpoints" / CKPT_NAME)
+        self.te_sd = tiny_qwen3_state_dict(0)
+        save(self.te_sd, self.models / "text_encoders" / TE_NAME)
+
+    def write_full_vae(self) -> Path:
+        """A standalone EQ-SDXL-VAE file with exactly the released shapes (models/vae)."""
+        path = self.models / "vae" / VAE_NAME
+        if not path.exists():
+            sd = random_vae_state_dict(0)
+            save({k[len("vae."):]: v for k, v in sd.items()}, path)
+        return path
+
+    def write_lora(self, name: str = "hdm-lora.safetensors", **kwargs) -> Path:
+        path = self.models / "loras" / name
+        if not path.exists():
+            save(tiny_lora_state_dict(self.xut_sd, **kwargs), path)
+        return path
+
+    def model_path(self, folder: str, name: str) -> Path:
+        return self.models / folder / name
+
+    # -- running prompts --------------------------------------------------------
+    def run(self, prompt: dict, capture: dict[str, tuple[str, int]] | None = None) -> RunResult:
+        """Validate and execute an API-format prompt; ``capture`` = {name: (node_id, output_index)}."""
+        prompt = copy.deepcopy(prompt)
+        capture_ids = {}
+        for name, (node_id, index) in (capture or {}).items():
+            cid = f"capture_{name}"
+            prompt[cid] = {"class_type": "HDMTestCapture", "inputs": {"value": [node_id, index], "name": name}}
+            capture_ids[name] = cid
+        CAPTURED.clear()
+        self.server.messages.clear()
+        self.progress.clear()
+        prompt_id = str(uuid.uuid4())
+        validation = asyncio.run(self.execution.validate_prompt(prompt_id, prompt, None))
+        if not validation[0]:
+            return RunResult(False, validation, [], {})
+        self.executor.execute(prompt, prompt_id, {"client_id": "tests"}, validation[2])
+        messages = list(self.executor.status_messages)
+        ok = any(e == "execution_success" for e, _ in messages)
+        return RunResult(ok, validation, messages, dict(CAPTURED), list(self.progress))
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+CAPTURED: dict[str, Any] = {}
+
+
+class HDMTestCapture:
+    """Test-only output node: keeps whatever reaches it (tensors, conditioning) for assertions."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"value": ("*", {}), "name": ("STRING", {"default": ""})}}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, input_types=None, **kwargs):
+        return True
+
+    @classmethod
+    def IS_CHANGED(cls, **kwargs):
+        return float("nan")  # never cached: every run captures afresh
+
+    RETURN_TYPES = ()
+    FUNCTION = "capture"
+    OUTPUT_NODE = True
+    CATEGORY = "testing"
+
+    def capture(self, value, name):
+        CAPTURED[name] = value
+        return {}
+
+
+_COMFY: Comfy | None = None
+
+
+def get_comfy(comfyui_path: Path) -> Comfy:
+    global _COMFY
+    if _COMFY is None:
+        _COMFY = Comfy(comfyui_path)
+        _COMFY.nodes.NODE_CLASS_MAPPINGS["HDMTestCapture"] = HDMTestCapture
+        import atexit
+
+        atexit.register(_COMFY.cleanup)
+    return _COMFY
+
+
+# ----------------------------------------------------------------------------- workflows
+def load_api_workflow(name: str) -> dict:
+    return json.loads((WORKFLOWS / "api" / f"{name}.json").read_text())
+
+
+def load_ui_workflow(name: str) -> dict:
+    return json.loads((WORKFLOWS / f"{name}.json").read_text())
+
+
+def find_node(prompt: dict, class_type: str) -> str:
+    ids = [k for k, v in prompt.items() if v["class_type"] == class_type]
+    assert len(ids) == 1, f"expected one {class_type} in the prompt, found {ids}"
+    return ids[0]
+
+
+def shrink(prompt: dict, width: int = 64, height: int = 64, steps: int = 3) -> dict:
+    """The same workflow at test size: tiny image and few steps (everything else unchanged)."""
+    prompt = copy.deepcopy(prompt)
+    for node in prompt.values():
+        inputs = node["inputs"]
+        if node["class_type"] in ("EmptyLatentImage", "EmptySD3LatentImage"):
+            inputs["width"], inputs["height"] = width, height
+        if "steps" in inputs and not isinstance(inputs["steps"], list):
+            inputs["steps"] = steps
+    return prompt
+
+
+def ui_to_api(ui: dict, node_classes: dict) -> dict:
+    """Convert a UI (litegraph) workflow to API format the way the frontend does for these files.
+
+    Widgets are matched positionally against each node's ``INPUT_TYPES``; an INT input with
+    ``control_after_generate`` (seeds) is followed by one extra widget value in the UI file.
+    Links give the connected inputs. Only what the shipped workflows use is supported
+    (no subgraphs, primitives, reroutes or bypassed nodes); anything else fails the test.
+    """
+    links = {link[0]: link for link in ui["links"]}
+    api = {}
+    for node in ui["nodes"]:
+        assert node.get("mode", 0) == 0, f"node {node['id']} is muted/bypassed"
+        cls = node_classes[node["type"]]
+        spec = cls.INPUT_TYPES()
+        ordered = list(spec.get("required", {}).items()) + list(spec.get("optional", {}).items())
+        linked = {inp["name"]: links[inp["link"]] for inp in node.get("inputs", []) if inp.get("link") is not None}
+        values = list(node.get("widgets_values", []))
+        inputs: dict[str, Any] = {}
+        for name, definition in ordered:
+            kind = definition[0]
+            opts = definition[1] if len(definition) > 1 else {}
+            is_widget = isinstance(kind, list) or kind in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+            if name in linked:
+                link = linked[name]
+                inputs[name] = [str(link[1]), link[2]]
+                if is_widget:  # a widget converted to an input still holds its value slot
+                    values.pop(0)
+                    if opts.get("control_after_generate"):
+                        values.pop(0)
+                continue
+            if not is_widget:
+                continue
+            assert values, f"node {node['id']} ({node['type']}): no widget value left for '{name}'"
+            inputs[name] = values.pop(0)
+            if opts.get("control_after_generate"):
+                control = values.pop(0)
+                assert control in ("fixed", "increment", "decrement", "randomize"), control
+        assert not values, f"node {node['id']} ({node['type']}): unused widget values {values}"
+        api[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return api
+
+
+# ----------------------------------------------------------------------------- the reference
+def reference_latent(
+    comfy: Comfy,
+    positive: torch.Tensor,
+    negative: torch.Tensor | None,
+    *,
+    seed: int,
+    shape: tuple[int, int, int, int],
+    cfg: float,
+    steps: int | None = None,
+    sigmas: torch.Tensor | None = None,
+    camera: tuple[float, float, float] = (0.0, 0.0, 1.0),
+    gammas: tuple[float, float] = (0.0, 0.0),
+    xut_sd: dict | None = None,
+) -> torch.Tensor:
+    """What HDM Sampler must produce, computed with ``hdm_core`` alone (VAE-space latent).
+
+    Same weights, ``hdm_core.flow.seeded_noise``, ``flow_timesteps`` (or given sigmas),
+    ``sample_euler`` over ``cfg_model``, the reference camera map, and TREAD keep-masks drawn
+    with the pack's documented seeding rule (``tread_seed``).
+    """
+    import hdm_core
+    from hdm_core import flow, latents, positions
+
+    xut = hdm_core.load_xut(xut_sd if xut_sd is not None else comfy.xut_sd, dtype=torch.float32)
+    b, c, h, w = shape
+    pos_map = positions.camera_pos_map(h, w, *camera)[None]
+    num_img = (h // 2) * (w // 2)
+    model_mod = comfy.hdm.model
+
+    def branch(ctx, branch_index, gamma):
+        def run(x, t, **_):
+            mask = None
+            if gamma > 0:
+                seeds = [model_mod.tread_seed(seed, branch_index, row, float(tt)) for row, tt in enumerate(t.tolist())]
+                mask = model_mod.tread_keep_mask(num_img, gamma, seeds)
+            return xut(x, t, ctx.expand(x.shape[0], -1, -1), pos_map=pos_map, tread_mask=mask)
+
+        return run
+
+    cond_fn = branch(positive, 0, gammas[0])
+    uncond_fn = branch(negative, 1, gammas[1]) if negative is not None else None
+
+    def velocity(x, t):
+        v_c = cond_fn(x, t)
+        if uncond_fn is None or cfg == 1.0:
+            return v_c
+        v_u = uncond_fn(x, t)
+        return v_u + cfg * (v_c - v_u)
+
+    ts = sigmas.double() if sigmas is not None else flow.flow_timesteps(steps)
+    noise = flow.seeded_noise(shape, seed)
+    return latents.denormalize(flow.sample_euler(velocity, noise, ts))
+
+
+def txt2img_prompt(text: str = "1girl, izuna (blue archive), smile", negative: str = "", *, seed: int = 1, steps: int = 3,
+                   cfg: float = 3.0, width: int = 64, height: int = 64, scheduler: str = "hdm_uniform",
+                   sampler_name: str = "euler", camera=None, gammas=None, bracket_mode: str = "danbooru",
+                   ckpt: str = CKPT_NAME, text_encoder: str = TE_NAME) -> dict:
+    """A small HDM-node prompt (loader → text encode ×2 → [camera] → [TREAD] → HDM Sampler → HDM VAE Decode)."""
+    p = {
+        "1": {"class_type": "HDMCheckpointLoader", "inputs": {"ckpt_name": ckpt, "text_encoder": text_encoder}},
+        "2": {"class_type": "HDMTextEncode", "inputs": {"clip": ["1", 1], "text": text, "bracket_mode": bracket_mode}},
+        "3": {"class_type": "HDMTextEncode", "inputs": {"clip": ["1", 1], "text": negative, "bracket_mode": bracket_mode}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": width, "height": height, "batch_size": 1}},
+    }
+    pos, neg = ["2", 0], ["3", 0]
+    if camera is not None:
+        p["5"] = {"class_type": "HDMCamera", "inputs": {"positive": pos, "negative": neg, "x_shift": camera[0], "y_shift": camera[1], "zoom": camera[2]}}
+        pos, neg = ["5", 0], ["5", 1]
+    if gammas is not None:
+        p["6"] = {"class_type": "HDMTreadGuidance", "inputs": {"positive": pos, "negative": neg, "positive_gamma": gammas[0], "negative_gamma": gammas[1]}}
+        pos, neg = ["6", 0], ["6", 1]
+    p["7"] = {"class_type": "HDMSampler", "inputs": {
+        "model": ["1", 0], "positive": pos, "negative": neg, "latent_image": ["4", 0], "seed": seed, "steps": steps,
+        "cfg": cfg, "sampler_name": sampler_name, "scheduler": scheduler, "denoise": 1.0}}
+    p["8"] = {"class_type": "HDMVAEDecode", "inputs": {"samples": ["7", 0], "vae": ["1", 2], "tiled": False, "tile_size": 1024, "overlap": 128}}
+    return p
