@@ -26,7 +26,7 @@ from . import tread as tread_ops
 from .attention import AttentionLike, sdpa_attention
 from .config import XUTConfig
 from .positions import axial_grid, downsample_pos_map
-from .rope import AxialRoPE, RopeTables, build_rope_tables
+from .rope import AxialRoPE, RopeTables
 
 Modulation = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -301,6 +301,7 @@ class XUT(nn.Module):
         self.out_patch = UnPatch(cfg.patch_size, cfg.dim, cfg.input_dim, operations, **kw)
         self.gradient_checkpointing = False
         self._rope_cache: tuple | None = None
+        self.keep_rope_tables: bool | None = None  # None: keep on CPU, recompute per block elsewhere
 
     # ------------------------------------------------------------------ helpers
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:
@@ -362,15 +363,17 @@ class XUT(nn.Module):
         return h
 
     def rope_tables(self, pos: torch.Tensor) -> RopeTables:
-        """Rotation tables of every block at image positions ``pos``, cached between calls.
+        """Rotation tables of every block at image positions ``pos``.
 
-        A sampler calls the model many times at the same positions, so the tables are kept
-        while no gradient is being recorded and the positions and RoPE parameters (identity,
-        version, device, dtype) are unchanged.
+        On CPU (``keep_rope_tables=None``, the default) the tables are kept between calls
+        while no gradient is recorded and the positions and RoPE parameters are unchanged:
+        a sampler calls the model many times at the same positions. Elsewhere each block's
+        table is computed when needed and dropped, which keeps GPU memory flat.
         """
+        keep = self.keep_rope_tables if self.keep_rope_tables is not None else pos.device.type == "cpu"
+        if torch.is_grad_enabled() or not keep:
+            return RopeTables(pos)
         ropes = [m for m in self.modules() if isinstance(m, AxialRoPE)]
-        if torch.is_grad_enabled():
-            return build_rope_tables(ropes, pos)
         # Compare contents, not version counters: inference tensors (ComfyUI loads and patches
         # models under inference mode) have none.
         freqs = torch.stack([r.freqs.to(pos.device) for r in ropes]) if ropes else pos.new_zeros(0)
@@ -378,8 +381,8 @@ class XUT(nn.Module):
         cached = self._rope_cache
         if cached is not None and cached[0] == key and torch.equal(cached[1], pos) and torch.equal(cached[2], freqs):
             return cached[3]
-        tables = build_rope_tables(ropes, pos)
-        self._rope_cache = (key, pos.clone(), freqs, tables)
+        tables = RopeTables(pos.clone(), keep=True)
+        self._rope_cache = (key, tables.pos, freqs, tables)
         return tables
 
     def clear_rope_cache(self) -> None:

@@ -136,16 +136,22 @@ def test_gradients_are_exact_through_inplace_rope_and_routing():
 def test_rope_tables_are_cached_only_when_safe():
     model = XUT(TINY).eval()
     pos = torch.rand(1, 16, 2)
+    rope = model.backbone.enc_blocks[0][0].attn.rope
     with torch.no_grad():
         a = model.rope_tables(pos)
-        assert model.rope_tables(pos.clone()) is a  # same positions: reused
+        first = a[rope]
+        assert model.rope_tables(pos.clone()) is a and a[rope] is first  # same positions: reused
         assert model.rope_tables(pos + 0.1) is not a  # new positions: rebuilt
         b = model.rope_tables(pos)
-        model.backbone.enc_blocks[0][0].attn.rope.freqs.add_(0.01)  # weights patched in place
+        rope.freqs.add_(0.01)  # weights patched in place
         assert model.rope_tables(pos) is not b
-    with torch.enable_grad():
+        model.keep_rope_tables = False  # the GPU policy: nothing kept
         c = model.rope_tables(pos)
-        assert model.rope_tables(pos) is not c  # never cached while recording gradients
+        assert model.rope_tables(pos) is not c and c[rope] is not c[rope]
+        model.keep_rope_tables = None
+    with torch.enable_grad():
+        d = model.rope_tables(pos)
+        assert model.rope_tables(pos) is not d  # never cached while recording gradients
 
 
 def test_half_precision_rotation_matches_fp32():
