@@ -29,6 +29,8 @@ EXPECTED_NODES = {
     "HDMTreadGuidance": "HDM TREAD Guidance",
     "HDMSampler": "HDM Sampler",
     "HDMVAEDecode": "HDM VAE Decode",
+    "HDMTipoPrompt": "HDM TIPO Prompt",
+    "HDMPromptFormat": "HDM Prompt Format",
 }
 WORKFLOW_NAMES = ["hdm_txt2img_ksampler", "hdm_sampler_camera_tread", "hdm_lora"]
 
