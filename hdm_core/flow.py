@@ -150,26 +150,75 @@ def get_sampler(name: str) -> Callable[..., torch.Tensor]:
         raise ValueError(f"unknown sampler '{name}'; choose one of: {', '.join(SAMPLERS)}") from None
 
 
+def pad_contexts(contexts: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack ``[B, T_i, D]`` contexts of different lengths: zero-padded ``[ΣB, T, D]`` and the
+    key mask ``[ΣB, T]`` (True = real token) that makes the padding invisible to the XUT."""
+    longest = max(c.shape[1] for c in contexts)
+    padded, masks = [], []
+    for c in contexts:
+        b, t, d = c.shape
+        padded.append(torch.cat([c, c.new_zeros(b, longest - t, d)], dim=1))
+        mask = torch.zeros(b, longest, dtype=torch.bool, device=c.device)
+        mask[:, :t] = True
+        masks.append(mask)
+    return torch.cat(padded), torch.cat(masks)
+
+
+def _same(a, b) -> bool:
+    if torch.is_tensor(a) and torch.is_tensor(b):
+        return a is b or (a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and bool(torch.equal(a, b)))
+    return a is b or a == b
+
+
+def _batchable(cond: dict, uncond: dict) -> bool:
+    """Both passes can share one forward exactly: same arguments but the context, no routing."""
+    if set(cond) != set(uncond) or "ctx" not in cond or "ctx_mask" in cond or "tread_mask" in cond:
+        return False
+    if cond.get("tread_rate") or uncond.get("tread_rate"):
+        return False  # token routing differs per branch: separate passes
+    return all(_same(cond[k], uncond[k]) for k in cond if k != "ctx")
+
+
 def cfg_model(
     model: Callable[..., torch.Tensor],
     cond: dict,
     uncond: dict | None,
     cfg: float,
+    *,
+    batch: bool = False,
 ) -> VelocityFn:
     """Classifier-free guidance as a velocity function: ``v_u + cfg·(v_c − v_u)``.
 
     ``cond`` / ``uncond`` are keyword arguments for ``model(x, t, **kw)`` (``ctx``,
     ``pos_map``, ``addon_info``, ``tread_rate`` …), which is how the TREAD-gamma trick
-    gives the two branches different routing rates. The passes run separately, as in the
-    reference, because HDM's text tokens share self-attention with the image: padding one
-    prompt to the other's length would change the result. With ``cfg == 1`` or no
-    ``uncond`` only the conditional pass runs.
+    gives the two branches different routing rates. HDM's text tokens share self-attention
+    with the image, so prompts of different lengths must not be padded into one batch as
+    ComfyUI's cross-attention models do. By default the passes run separately, as in the
+    reference; with ``batch=True`` they share one forward when that is exact: the shorter
+    context is zero-padded and its padding masked out of every attention (``ctx_mask``),
+    which only works when neither branch routes tokens (then they run separately anyway).
+    With ``cfg == 1`` or no ``uncond`` only the conditional pass runs.
     """
+    if uncond is None or cfg == 1.0:
+        return lambda x, t: model(x, t, **cond)
+    if batch and _batchable(cond, uncond):
+        ctx, ctx_mask = pad_contexts([cond["ctx"], uncond["ctx"]])
+        b = cond["ctx"].shape[0]
+        # Per-sample tensors ([B, …], B > 1) are repeated for the second half; size-1 ones broadcast.
+        shared = {
+            k: torch.cat([v, v]) if torch.is_tensor(v) and v.ndim and v.shape[0] == b > 1 else v
+            for k, v in cond.items()
+            if k != "ctx"
+        }
+
+        def batched(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            v_cond, v_uncond = model(torch.cat([x, x]), torch.cat([t, t]), ctx=ctx, ctx_mask=ctx_mask, **shared).chunk(2)
+            return v_uncond + cfg * (v_cond - v_uncond)
+
+        return batched
 
     def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         v_cond = model(x, t, **cond)
-        if uncond is None or cfg == 1.0:
-            return v_cond
         v_uncond = model(x, t, **uncond)
         return v_uncond + cfg * (v_cond - v_uncond)
 

@@ -86,17 +86,43 @@ def write_tiny_hdm(
     ``{"ckpt": <folder>/<ckpt_name>, "te": <folder>/<te_name>/}``. With ``te_in_ckpt`` the
     Qwen3 weights also go into the checkpoint as ``te.text_models.0.*`` (trainer layout).
     """
+    return write_random_hdm(folder, seed, ckpt_name=ckpt_name, te_name=te_name, te_in_ckpt=te_in_ckpt)
+
+
+def write_random_hdm(
+    folder: str | os.PathLike,
+    seed: int = 0,
+    *,
+    xut_config: XUTConfig = TINY_XUT,
+    qwen3_config: dict | None = None,
+    vae_config: VAEConfig = TINY_VAE,
+    dtype: torch.dtype = torch.float32,
+    ckpt_name: str = "tiny-hdm.safetensors",
+    te_name: str = "tiny-qwen3",
+    te_in_ckpt: bool = False,
+) -> dict[str, Path]:
+    """:func:`write_tiny_hdm` for any architecture and dtype.
+
+    With ``xut_config=HDM_XUT_SMALL``, ``qwen3_config=qwen3_config_dict()`` and
+    ``vae_config=SDXL_VAE`` in fp16 this writes random weights in the exact layout and size of
+    the released files (benchmarks use it). Models are built one at a time to bound memory.
+    """
     folder = Path(folder)
-    xut, te, vae = tiny_xut(seed), tiny_qwen3(seed + 1), tiny_vae(seed + 2)
-    tensors = {f"unet.model.{k}": v for k, v in xut.state_dict().items()}
-    tensors.update({f"vae.{k}": v for k, v in vae.state_dict().items()})
+    qwen3_config = qwen3_config or TINY_QWEN3
+
+    def cast(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(dtype) if v.is_floating_point() and not k.endswith("time_emb.freqs") else v for k, v in sd.items()}
+
+    tensors = {f"unet.model.{k}": v for k, v in cast(tiny_xut(seed, xut_config).state_dict()).items()}
+    tensors.update({f"vae.{k}": v for k, v in cast(tiny_vae(seed + 2, vae_config).state_dict()).items()})
     tensors["vae_mean"] = torch.tensor(LATENTS_MEAN).view(1, 4, 1, 1)
     tensors["vae_std"] = torch.tensor(LATENTS_STD).view(1, 4, 1, 1)
-    te_sd = {k: v for k, v in te.state_dict().items() if "rotary_emb" not in k}
+    te_sd = {k: v for k, v in cast(tiny_qwen3(seed + 1, qwen3_config).state_dict()).items() if "rotary_emb" not in k}
     if te_in_ckpt:
         tensors.update({f"te.text_models.0.{k}": v for k, v in te_sd.items()})
     ckpt = save_safetensors(tensors, folder / ckpt_name)
+    del tensors
     te_dir = folder / te_name
     save_safetensors({f"model.{k}": v for k, v in te_sd.items()}, te_dir / "model.safetensors")
-    (te_dir / "config.json").write_text(json.dumps({"model_type": "qwen3", **TINY_QWEN3}, indent=2))
+    (te_dir / "config.json").write_text(json.dumps({"model_type": "qwen3", **qwen3_config}, indent=2))
     return {"ckpt": ckpt, "te": te_dir}

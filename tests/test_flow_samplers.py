@@ -145,3 +145,40 @@ def test_cfg_model_keeps_branch_kwargs_apart():
     calls.clear()
     cfg_model(model, {"ctx": 2.0}, {"ctx": 0.5}, cfg=1.0)(x, t)
     assert calls == [(2.0, None)]  # cfg 1: the negative pass cancels out and is skipped
+
+
+def test_batched_cfg_equals_separate_passes():
+    """cond + uncond in one forward (padded, masked context) gives the separate-pass result."""
+    from hdm_core import camera_pos_map
+    from hdm_core.flow import cfg_model, pad_contexts
+    from hdm_core.testing import tiny_xut
+
+    model = tiny_xut(0)
+    gen = torch.Generator().manual_seed(0)
+    for b, (tc, tu) in ((1, (7, 3)), (2, (4, 0)), (2, (5, 5))):
+        x = torch.randn(b, 4, 8, 12, generator=gen)
+        t = torch.full((b,), 0.6)
+        common = {"addon_info": torch.randn(b, 1, generator=gen), "pos_map": camera_pos_map(8, 12, 0.1, 0.0, 1.2)[None]}
+        cond = {"ctx": torch.randn(b, tc, 32, generator=gen), **common}
+        uncond = {"ctx": torch.randn(b, tu, 32, generator=gen), **common}
+        calls = []
+
+        def counted(x, t, **kw):
+            calls.append(x.shape[0])
+            return model(x, t, **kw)
+
+        with torch.no_grad():
+            separate = cfg_model(counted, cond, uncond, 3.0)(x, t)
+            batched = cfg_model(counted, cond, uncond, 3.0, batch=True)(x, t)
+        assert calls == [b, b, 2 * b]
+        torch.testing.assert_close(batched, separate, atol=1e-4, rtol=0)  # float rounding, x5 by CFG 3
+
+    # Routing per branch (TREAD gamma) or different camera maps: not batchable, runs separately.
+    calls.clear()
+    routed = dict(uncond, tread_rate=0.5)
+    with torch.no_grad():
+        cfg_model(counted, cond, routed, 3.0, batch=True)(x, t)
+        cfg_model(counted, cond, dict(uncond, pos_map=camera_pos_map(8, 12)[None]), 3.0, batch=True)(x, t)
+    assert calls == [b, b, b, b]
+    ctx, mask = pad_contexts([torch.ones(1, 2, 3), torch.ones(2, 4, 3)])
+    assert ctx.shape == (3, 4, 3) and mask.tolist() == [[True, True, False, False]] + [[True] * 4] * 2
