@@ -450,23 +450,22 @@ def reference_latent(
 
     Same weights, ``hdm_core.flow.seeded_noise``, ``flow_timesteps`` (or given sigmas),
     ``sample_euler`` over ``cfg_model``, the reference camera map, and TREAD keep-masks drawn
-    with the pack's documented seeding rule (``tread_seed``).
+    with hdm_core's seeding rule (``hdm_core.tread.selection_seed``).
     """
     import hdm_core
-    from hdm_core import flow, latents, positions
+    from hdm_core import flow, latents, positions, tread
 
     xut = hdm_core.load_xut(xut_sd if xut_sd is not None else comfy.xut_sd, dtype=torch.float32)
     b, c, h, w = shape
     pos_map = positions.camera_pos_map(h, w, *camera)[None]
     num_img = (h // 2) * (w // 2)
-    model_mod = comfy.hdm.model
 
     def branch(ctx, branch_index, gamma):
         def run(x, t, **_):
             mask = None
             if gamma > 0:
-                seeds = [model_mod.tread_seed(seed, branch_index, row, float(tt)) for row, tt in enumerate(t.tolist())]
-                mask = model_mod.tread_keep_mask(num_img, gamma, seeds)
+                seeds = [tread.selection_seed(seed, branch_index, row, float(tt)) for row, tt in enumerate(t.tolist())]
+                mask = tread.seeded_keep_mask(num_img, gamma, seeds)
             return xut(x, t, ctx.expand(x.shape[0], -1, -1), pos_map=pos_map, tread_mask=mask)
 
         return run
