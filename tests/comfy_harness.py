@@ -42,6 +42,9 @@ WORKFLOWS = REPO / "workflows"
 CKPT_NAME = "hdm-xut-340M-1024px-note.safetensors"
 TE_NAME = "qwen3-0.6b.safetensors"
 VAE_NAME = "eq-sdxl-vae.safetensors"
+#: Files both front-ends (ComfyUI and hdm_core) load to the same numbers (see Comfy.write_shared_models).
+SHARED_CKPT_NAME = "hdm-shared-fp16.safetensors"
+SHARED_TE_NAME = "qwen3-shared-bf16.safetensors"
 
 TE_HIDDEN = 64
 TINY_XUT = dict(
@@ -60,11 +63,12 @@ def manifest() -> dict:
     return json.loads((FIXTURES / "full_manifest.json").read_text())
 
 
-def random_vae_state_dict(seed: int = 0, dtype=torch.float16, decoder_width: int = 1) -> dict[str, torch.Tensor]:
+def random_vae_state_dict(seed: int = 0, dtype=torch.float16, decoder_width: int = 1, output_gain: float = 0.05) -> dict[str, torch.Tensor]:
     """Every ``vae.*`` key of the released file (diffusers layout), random but well scaled.
 
-    Weights ~ N(0, 1/fan_in), norms 1, biases 0; the decoder's last conv is damped so decoded
-    images stay inside [-1, 1] instead of clipping (tests compare images). ``decoder_width``
+    Weights ~ N(0, 1/fan_in), norms 1, biases 0; the decoder's last conv is scaled by
+    ``output_gain``: the default keeps decoded images inside [-1, 1] (pixel std about 0.016,
+    no clipping); about 0.6 gives a pixel std near 0.2 (8-bit images with contrast). ``decoder_width``
     > 1 narrows the decoder's channels by that factor (ComfyUI reads the decoder width off
     ``decoder.conv_in``), which keeps test decodes fast; 1 gives exactly the released shapes.
     """
@@ -80,7 +84,7 @@ def random_vae_state_dict(seed: int = 0, dtype=torch.float16, decoder_width: int
                 fan_in *= s
             t = torch.randn(shape, generator=gen) / fan_in**0.5
             if key.endswith("decoder.conv_out.weight"):
-                t *= 0.05
+                t *= output_gain
         elif "norm" in key and key.endswith(".weight"):
             t = torch.ones(shape)
         else:
@@ -285,6 +289,26 @@ class Comfy:
             sd = random_vae_state_dict(0)
             save({k[len("vae."):]: v for k, v in sd.items()}, path)
         return path
+
+    def write_shared_models(self) -> dict[str, Path]:
+        """Weights that ComfyUI and ``hdm_core`` load to identical numbers, for front-end comparisons.
+
+        ``{"ckpt": models/checkpoints/<SHARED_CKPT_NAME>, "te": models/text_encoders/<SHARED_TE_NAME>}``:
+        the released layout in fp16 (the tiny XUT as ``unet.model.*`` + a VAE with every released
+        ``vae.*`` shape, which older ComfyUI requires and hdm_core reads off the encoder; its
+        output has contrast, so 8-bit images of it are sensitive), and the tiny Qwen3 in bf16 as
+        Qwen3-0.6B ships. ComfyUI keeps text encoders in fp16 on every device and hdm_core
+        upcasts file weights to its compute dtype, so an fp16/bf16 file gives both the same
+        weights where an fp32 file would be rounded by ComfyUI alone.
+        """
+        ckpt = self.models / "checkpoints" / SHARED_CKPT_NAME
+        te = self.models / "text_encoders" / SHARED_TE_NAME
+        if not ckpt.exists():
+            vae_sd = random_vae_state_dict(0, output_gain=0.6)
+            save({**{"unet.model." + k: v.half() for k, v in self.xut_sd.items()}, **vae_sd}, ckpt)
+        if not te.exists():
+            save({k: v.bfloat16() for k, v in self.te_sd.items()}, te)
+        return {"ckpt": ckpt, "te": te}
 
     def write_lora(self, name: str = "hdm-lora.safetensors", **kwargs) -> Path:
         path = self.models / "loras" / name
