@@ -5,8 +5,8 @@ One instance per test session (module-level singletons; ComfyUI itself is a sing
 * ComfyUI is imported from ``COMFYUI_PATH`` (see ``conftest.find_comfyui``) in CPU mode,
   its built-in node modules are initialised and this pack is loaded by ComfyUI's own
   ``nodes.load_custom_node`` — exactly how ComfyUI imports a custom node folder.
-* Model, output and temp folders are temporary and registered with ``folder_paths``;
-  nothing is written into the ComfyUI checkout.
+* Model (including ``tipo``), output and temp folders are temporary and registered with
+  ``folder_paths``; nothing is written into the ComfyUI checkout.
 * Tiny models are written there under the released file names: a tiny XUT (``hdm_core``,
   random weights) + an EQ-SDXL-VAE-layout VAE (every key and shape of the released VAE,
   random weights) as ``hdm-xut-340M-1024px-note.safetensors``, and a tiny Qwen3 in the
@@ -205,7 +205,7 @@ class Comfy:
         self.path = comfyui_path
         self.root = Path(tempfile.mkdtemp(prefix="hdm-comfy-tests-"))
         self.models = self.root / "models"
-        for sub in ("checkpoints", "text_encoders", "vae", "loras", "embeddings", "diffusion_models"):
+        for sub in ("checkpoints", "text_encoders", "vae", "loras", "embeddings", "diffusion_models", "tipo"):
             (self.models / sub).mkdir(parents=True)
         for sub in ("output", "temp", "input", "user"):
             (self.root / sub).mkdir()
@@ -217,7 +217,7 @@ class Comfy:
         args.preview_method = comfy.cli_args.LatentPreviewMethod.Latent2RGB
         import folder_paths
 
-        for name in ("checkpoints", "text_encoders", "vae", "loras", "embeddings", "diffusion_models"):
+        for name in ("checkpoints", "text_encoders", "vae", "loras", "embeddings", "diffusion_models", "tipo"):
             folder_paths.add_model_folder_path(name, str(self.models / name), is_default=True)
         folder_paths.set_output_directory(str(self.root / "output"))
         folder_paths.set_temp_directory(str(self.root / "temp"))
@@ -309,6 +309,15 @@ class Comfy:
         if not te.exists():
             save({k: v.bfloat16() for k, v in self.te_sd.items()}, te)
         return {"ckpt": ckpt, "te": te}
+
+    def write_tipo_stub(self, name: str) -> Path:
+        """A folder in models/tipo that HDM TIPO Prompt lists (``config.json`` only): enough to
+        validate a workflow naming that model, not to run it."""
+        folder = self.models / "tipo" / name
+        if not (folder / "config.json").exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "config.json").write_text(json.dumps({"model_type": "llama", "note": "test placeholder"}))
+        return folder
 
     def write_lora(self, name: str = "hdm-lora.safetensors", **kwargs) -> Path:
         path = self.models / "loras" / name
