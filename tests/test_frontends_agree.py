@@ -13,6 +13,7 @@ or schedule entry changes most pixels by many levels, which the same tests check
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import sys
 from pathlib import Path
@@ -46,6 +47,12 @@ def cui(comfyui_path):
 @pytest.fixture(scope="module")
 def shared(cui):
     return cui.write_shared_models()
+
+
+def live(cui, name: str):
+    """The pack's ``nodes.<name>`` module ComfyUI runs now (another test may have re-imported the pack)."""
+    package = cui.nodes.NODE_CLASS_MAPPINGS["HDMSampler"].__module__.rsplit(".", 1)[0]
+    return importlib.import_module(f"{package}.{name}")
 
 
 def run_ok(cui, prompt, capture=None):
@@ -123,8 +130,9 @@ def test_cli_image_equals_comfyui_workflow_image(cui, shared, tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     kw = CASES[case]
     batches = []
-    original = cui.hdm.model.branch_rows
-    monkeypatch.setattr(cui.hdm.model, "branch_rows", lambda b, chunks: batches.append(list(chunks or [])) or original(b, chunks))
+    model_module = live(cui, "model")
+    original = model_module.branch_rows
+    monkeypatch.setattr(model_module, "branch_rows", lambda b, chunks: batches.append(list(chunks or [])) or original(b, chunks))
     comfy = pixels(comfy_png(cui, comfy_workflow(cui, shared, **kw)))
     cli = pixels(cli_png(shared, tmp_path / "cli.png", **kw))
     assert comfy.shape == (kw["height"], kw["width"], 3)
@@ -168,13 +176,13 @@ def test_both_front_ends_call_the_model_at_the_reference_times(cui, shared, monk
     from hdm_core.flow import flow_timesteps
 
     steps = 4
-    model = cui.hdm.loaders.load_hdm_checkpoint(str(shared["ckpt"]), output_clip=False, output_vae=False)[0]
-    sigmas = cui.hdm.sampler.hdm_sigmas(model, "hdm_uniform", steps)
+    model = live(cui, "loaders").load_hdm_checkpoint(str(shared["ckpt"]), output_clip=False, output_vae=False)[0]
+    sigmas = live(cui, "sampler").hdm_sigmas(model, "hdm_uniform", steps)
     assert sigmas.dtype == torch.float32 and torch.equal(sigmas, flow_timesteps(steps).float())
     assert "hdm_uniform" not in comfy.samplers.KSampler.SCHEDULERS  # the pack adds it to its own node only
 
     comfy_calls = []
-    cls = cui.hdm.model.HDMDiffusionModel
+    cls = live(cui, "model").HDMDiffusionModel
     forward = cls._forward
     monkeypatch.setattr(cls, "_forward", lambda self, x, t, *a, **k: comfy_calls.append(t.tolist()) or forward(self, x, t, *a, **k))
     kw = dict(CASES["shipped"], steps=steps)
@@ -256,7 +264,7 @@ def test_comfyui_vae_equals_hdm_core_vae(cui, shared):
     from hdm_core.latents import denormalize, normalize
     from hdm_core.vae import load_vae
 
-    vae = cui.hdm.loaders.load_hdm_checkpoint(str(shared["ckpt"]), output_model=False, output_clip=False)[2]
+    vae = live(cui, "loaders").load_hdm_checkpoint(str(shared["ckpt"]), output_model=False, output_clip=False)[2]
     ours = load_vae(shared["ckpt"], dtype=torch.float32)
     gen = torch.Generator().manual_seed(0)
     z = denormalize(torch.randn(1, 4, 8, 12, generator=gen))  # a VAE-space latent, as ComfyUI's LATENT holds
