@@ -25,12 +25,10 @@ import torch
 from .flow import SAMPLERS, StepCallback, cfg_model, flow_timesteps, get_sampler, seeded_noise
 from .latents import LATENT_CHANNELS, VAE_SCALE
 from .positions import camera_pos_map
+from .tread import COND_BRANCH, UNCOND_BRANCH, SeededRouting
 
 #: Image sizes must be multiples of this: VAE ×8, then the XUT's 2×2 patches.
 SIZE_MULTIPLE = VAE_SCALE * 2
-#: Seed of the TREAD routing draws is derived from the noise seed with this offset, so the
-#: two random streams differ but a seed still fixes the whole image.
-TREAD_SEED_OFFSET = 0x7EAD
 
 
 @dataclass
@@ -116,14 +114,18 @@ def initial_noise(batch: int, width: int, height: int, seed: int, device=None) -
     return seeded_noise((batch, LATENT_CHANNELS, h, w), seed, device=device)
 
 
-def tread_generator(seed: int) -> torch.Generator:
-    """CPU generator for TREAD's token selection, derived from the image seed."""
-    return torch.Generator("cpu").manual_seed((int(seed) + TREAD_SEED_OFFSET) % 2**64)
-
-
 def aspect_addon(width: int, height: int, batch: int, device=None) -> torch.Tensor:
     """HDM's aspect-ratio input ``log(W/H)``, ``[B, 1]``."""
     return torch.full((batch, 1), math.log(width / height), dtype=torch.float32, device=device)
+
+
+def tread_routing(rate: float, seed: int, branch: int) -> SeededRouting | None:
+    """TREAD routing of one CFG branch (``None`` when ``rate`` is 0, i.e. off).
+
+    Token selection follows :func:`hdm_core.tread.selection_seed` (seed, branch, row, t),
+    the rule the ComfyUI nodes use too, so both give the same image for a seed.
+    """
+    return SeededRouting(float(rate), int(seed), branch) if rate else None
 
 
 def guidance_kwargs(
@@ -131,12 +133,13 @@ def guidance_kwargs(
     neg_ctx: torch.Tensor,
     params: GenerationParams,
     device=None,
-    generator: torch.Generator | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Keyword arguments of the XUT for the conditional and unconditional passes.
+    """Keyword arguments of :func:`velocity_fn`'s model call for the two CFG passes.
 
     ``ctx``/``neg_ctx`` are ``[B, T, D]`` (different ``T`` allowed, ``T = 0`` too). Both
-    passes share the camera map and aspect addon and differ in context and TREAD rate.
+    passes share the camera map and aspect addon and differ in context and TREAD routing
+    (``tread``: a :class:`~hdm_core.tread.SeededRouting` or ``None``; :func:`velocity_fn`
+    turns it into the XUT's ``tread_mask`` at each call).
     """
     h, w = latent_size(params.width, params.height)
     b = ctx.shape[0]
@@ -145,16 +148,24 @@ def guidance_kwargs(
         common["pos_map"] = camera_pos_map(
             h, w, x_shift=params.camera_x, y_shift=params.camera_y, zoom=params.zoom, device=device
         )[None]
-    cond = {"ctx": ctx, "tread_rate": params.tread_gamma or None, "generator": generator, **common}
-    uncond = {"ctx": neg_ctx, "tread_rate": params.tread_gamma_uncond or None, "generator": generator, **common}
+    cond = {"ctx": ctx, "tread": tread_routing(params.tread_gamma, params.seed, COND_BRANCH), **common}
+    uncond = {"ctx": neg_ctx, "tread": tread_routing(params.tread_gamma_uncond, params.seed, UNCOND_BRANCH), **common}
     return cond, uncond
 
 
 def velocity_fn(model: torch.nn.Module, cond: Mapping[str, Any], uncond: Mapping[str, Any] | None, cfg: float):
-    """``v(x, t)`` with CFG; the sampler state stays float32 while the model runs in its own dtype."""
-    dtype = getattr(model, "dtype", None) or next(model.parameters()).dtype
+    """``v(x, t)`` with CFG; the sampler state stays float32 while the model runs in its own dtype.
 
-    def run(x: torch.Tensor, t: torch.Tensor, **kw: Any) -> torch.Tensor:
+    A ``tread`` entry (:class:`~hdm_core.tread.SeededRouting`) in ``cond``/``uncond`` becomes
+    the XUT's ``tread_mask`` for the image tokens of each call, drawn for its ``t``.
+    """
+    dtype = getattr(model, "dtype", None) or next(model.parameters()).dtype
+    patch = model.config.patch_size if hasattr(model, "config") else 1
+
+    def run(x: torch.Tensor, t: torch.Tensor, tread: SeededRouting | None = None, **kw: Any) -> torch.Tensor:
+        if tread is not None:
+            num_img = (x.shape[-2] // patch) * (x.shape[-1] // patch)
+            kw["tread_mask"] = tread.keep_mask(t, num_img, batch=x.shape[0], device=x.device)
         return model(x.to(dtype), t, **kw).float()
 
     return cfg_model(run, dict(cond), dict(uncond) if uncond is not None else None, cfg)
@@ -254,7 +265,7 @@ class HDMPipeline:
             guided = params.cfg != 1.0  # at CFG 1 the negative pass cancels out: skip it
             neg = self.encode_prompt(params.negative, b) if guided else ctx
             noise = initial_noise(b, params.width, params.height, params.seed, device=self.device)
-            cond, uncond = guidance_kwargs(ctx, neg, params, self.device, tread_generator(params.seed))
+            cond, uncond = guidance_kwargs(ctx, neg, params, self.device)
             return sample_latents(self.xut, noise, cond, uncond if guided else None, params, callback)
 
     def decode(self, latents: torch.Tensor, tile: int | None = None, overlap: int = 16) -> torch.Tensor:
@@ -290,6 +301,6 @@ __all__ = [
     "initial_noise",
     "latent_size",
     "sample_latents",
-    "tread_generator",
+    "tread_routing",
     "velocity_fn",
 ]

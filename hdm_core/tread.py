@@ -8,10 +8,16 @@ output of the blocks before it.
 
 Differences from the reference, on purpose: a rate of 0 means *off* (the original treats
 0 as "use the default 0.5"), and selection draws from an optional ``torch.Generator`` so
-runs are reproducible without touching the global RNG.
+runs are reproducible without touching the global RNG. At inference every front-end
+(headless pipeline, ComfyUI nodes) seeds the selection with one rule,
+:func:`selection_seed`, so a seed gives the same image in each.
 """
 
 from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -57,3 +63,56 @@ def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 def scatter_tokens(base: torch.Tensor, idx: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """Copy of ``base`` ``[B, L, C]`` with rows ``idx`` replaced by ``values`` ``[B, K, C]``."""
     return base.scatter(1, idx[:, :, None].expand(-1, -1, base.shape[-1]), values)
+
+
+# --------------------------------------------------------------------------- seeded selection
+#: CFG branch numbers of :func:`selection_seed` (ComfyUI's ``cond_or_uncond`` uses the same).
+COND_BRANCH = 0
+UNCOND_BRANCH = 1
+
+
+def selection_seed(seed: int, branch: int, row: int, t: float) -> int:
+    """Seed of the TREAD token selection of one sample at one model call: HDM's one seeding rule.
+
+    Derived from the image seed, the CFG branch (:data:`COND_BRANCH` / :data:`UNCOND_BRANCH`),
+    the sample's row within its branch and the timestep (rounded to 1e-6, so the float32
+    ``t`` every front-end passes gives the same key). Because it depends on nothing else —
+    not on call order, not on whether the two branches run in one batch — the headless
+    pipeline and ComfyUI (which batches cond and uncond when their shapes allow) choose the
+    same tokens, and a seed fixes the whole image in both.
+    """
+    key = f"{int(seed)}:{int(branch)}:{int(row)}:{round(float(t) * 1e6)}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def seeded_keep_mask(num_tokens: int, rate: float, seeds: Sequence[int], device: torch.device | str | None = None) -> torch.Tensor:
+    """``[len(seeds), num_tokens]`` boolean keep-mask (True = through the backbone), one seed per row.
+
+    Each row keeps :func:`keep_count` tokens drawn by :func:`random_keep_indices` from a CPU
+    generator seeded with its seed, so masks are the same on every device.
+    """
+    mask = torch.zeros(len(seeds), num_tokens, dtype=torch.bool)
+    for i, s in enumerate(seeds):
+        gen = torch.Generator("cpu").manual_seed(int(s))
+        mask[i, random_keep_indices(1, num_tokens, rate, gen, "cpu")[0]] = True
+    return mask.to(device)
+
+
+@dataclass(frozen=True)
+class SeededRouting:
+    """TREAD routing of one CFG branch under :func:`selection_seed`'s rule.
+
+    ``keep_mask(t, num_tokens)`` gives the ``tread_mask`` for a call of the XUT whose rows
+    are samples ``0 … B−1`` of this branch at times ``t`` (``[B]`` or a scalar).
+    """
+
+    rate: float
+    seed: int
+    branch: int = COND_BRANCH
+
+    def keep_mask(self, t: torch.Tensor | float, num_tokens: int, batch: int | None = None, device: torch.device | str | None = None) -> torch.Tensor:
+        times = t.reshape(-1).tolist() if torch.is_tensor(t) else [float(t)]
+        if batch is not None and len(times) == 1:
+            times = times * batch
+        seeds = [selection_seed(self.seed, self.branch, row, tt) for row, tt in enumerate(times)]
+        return seeded_keep_mask(num_tokens, self.rate, seeds, device)

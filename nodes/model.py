@@ -18,7 +18,6 @@ pack's own loader nodes instead of ComfyUI's detection (the pack patches nothing
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from typing import Any
 
@@ -100,32 +99,6 @@ def comfy_attention_fn(q, k, v, *, mask=None, transformer_options=None):
 
 
 # ----------------------------------------------------------------------------- TREAD routing
-def tread_seed(seed: int, branch: int, row: int, t: float) -> int:
-    """Seed of the TREAD token selection for one sample at one step.
-
-    Derived from the sampling seed, the CFG branch (0 = positive, 1 = negative), the row
-    within that branch's batch and the timestep, so a seed reproduces the image whether
-    ComfyUI runs the two branches in one batch or separately.
-    """
-    key = f"{int(seed)}:{int(branch)}:{int(row)}:{round(float(t) * 1e6)}".encode()
-    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") & 0x7FFF_FFFF_FFFF_FFFF
-
-
-def tread_keep_mask(num_tokens: int, gamma: float, seeds: list[int], device=None) -> torch.Tensor:
-    """``[B, num_tokens]`` boolean keep-mask (True = token goes through the backbone).
-
-    Each row keeps ``num_tokens − int(num_tokens·gamma)`` tokens drawn with its own seed.
-    """
-    rows = []
-    for s in seeds:
-        gen = torch.Generator("cpu").manual_seed(s)
-        idx = tread_ops.random_keep_indices(1, num_tokens, gamma, gen, "cpu")
-        row = torch.zeros(1, num_tokens, dtype=torch.bool)
-        row[0, idx[0]] = True
-        rows.append(row)
-    return torch.cat(rows).to(device)
-
-
 def branch_rows(batch: int, cond_or_uncond: list[int] | None) -> list[tuple[int, int]]:
     """``(branch, row)`` per sample of a batch ComfyUI assembled from ``cond_or_uncond`` chunks."""
     chunks = list(cond_or_uncond) if cond_or_uncond else [0]
@@ -179,10 +152,12 @@ class HDMDiffusionModel(XUT):
             t_list = timesteps.reshape(-1).tolist() if torch.is_tensor(timesteps) else [float(timesteps)]
             if len(t_list) == 1:
                 t_list = t_list * b
+            # hdm_core's one seeding rule (per seed, branch, row and t): the same tokens as the
+            # headless pipeline, whether ComfyUI batches the two CFG branches or not.
             rows = branch_rows(b, transformer_options.get("cond_or_uncond"))
             seed = int(hdm_seed or 0)
-            seeds = [tread_seed(seed, branch, row, t) for (branch, row), t in zip(rows, t_list)]
-            tread_mask = tread_keep_mask(num_img, gamma, seeds, device=x.device)
+            seeds = [tread_ops.selection_seed(seed, branch, row, t) for (branch, row), t in zip(rows, t_list)]
+            tread_mask = tread_ops.seeded_keep_mask(num_img, gamma, seeds, device=x.device)
 
         if context is not None and context.ndim == 2:
             context = context[None]
@@ -281,7 +256,6 @@ __all__ = [
     "NEUTRAL_CAMERA",
     "TREAD_KEY",
     "comfy_attention_fn",
+    "branch_rows",
     "expected_unet_keys",
-    "tread_keep_mask",
-    "tread_seed",
 ]

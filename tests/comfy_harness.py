@@ -5,8 +5,8 @@ One instance per test session (module-level singletons; ComfyUI itself is a sing
 * ComfyUI is imported from ``COMFYUI_PATH`` (see ``conftest.find_comfyui``) in CPU mode,
   its built-in node modules are initialised and this pack is loaded by ComfyUI's own
   ``nodes.load_custom_node`` — exactly how ComfyUI imports a custom node folder.
-* Model, output and temp folders are temporary and registered with ``folder_paths``;
-  nothing is written into the ComfyUI checkout.
+* Model (including ``tipo``), output and temp folders are temporary and registered with
+  ``folder_paths``; nothing is written into the ComfyUI checkout.
 * Tiny models are written there under the released file names: a tiny XUT (``hdm_core``,
   random weights) + an EQ-SDXL-VAE-layout VAE (every key and shape of the released VAE,
   random weights) as ``hdm-xut-340M-1024px-note.safetensors``, and a tiny Qwen3 in the
@@ -42,6 +42,9 @@ WORKFLOWS = REPO / "workflows"
 CKPT_NAME = "hdm-xut-340M-1024px-note.safetensors"
 TE_NAME = "qwen3-0.6b.safetensors"
 VAE_NAME = "eq-sdxl-vae.safetensors"
+#: Files both front-ends (ComfyUI and hdm_core) load to the same numbers (see Comfy.write_shared_models).
+SHARED_CKPT_NAME = "hdm-shared-fp16.safetensors"
+SHARED_TE_NAME = "qwen3-shared-bf16.safetensors"
 
 TE_HIDDEN = 64
 TINY_XUT = dict(
@@ -60,11 +63,12 @@ def manifest() -> dict:
     return json.loads((FIXTURES / "full_manifest.json").read_text())
 
 
-def random_vae_state_dict(seed: int = 0, dtype=torch.float16, decoder_width: int = 1) -> dict[str, torch.Tensor]:
+def random_vae_state_dict(seed: int = 0, dtype=torch.float16, decoder_width: int = 1, output_gain: float = 0.05) -> dict[str, torch.Tensor]:
     """Every ``vae.*`` key of the released file (diffusers layout), random but well scaled.
 
-    Weights ~ N(0, 1/fan_in), norms 1, biases 0; the decoder's last conv is damped so decoded
-    images stay inside [-1, 1] instead of clipping (tests compare images). ``decoder_width``
+    Weights ~ N(0, 1/fan_in), norms 1, biases 0; the decoder's last conv is scaled by
+    ``output_gain``: the default keeps decoded images inside [-1, 1] (pixel std about 0.016,
+    no clipping); about 0.6 gives a pixel std near 0.2 (8-bit images with contrast). ``decoder_width``
     > 1 narrows the decoder's channels by that factor (ComfyUI reads the decoder width off
     ``decoder.conv_in``), which keeps test decodes fast; 1 gives exactly the released shapes.
     """
@@ -80,7 +84,7 @@ def random_vae_state_dict(seed: int = 0, dtype=torch.float16, decoder_width: int
                 fan_in *= s
             t = torch.randn(shape, generator=gen) / fan_in**0.5
             if key.endswith("decoder.conv_out.weight"):
-                t *= 0.05
+                t *= output_gain
         elif "norm" in key and key.endswith(".weight"):
             t = torch.ones(shape)
         else:
@@ -201,7 +205,7 @@ class Comfy:
         self.path = comfyui_path
         self.root = Path(tempfile.mkdtemp(prefix="hdm-comfy-tests-"))
         self.models = self.root / "models"
-        for sub in ("checkpoints", "text_encoders", "vae", "loras", "embeddings", "diffusion_models"):
+        for sub in ("checkpoints", "text_encoders", "vae", "loras", "embeddings", "diffusion_models", "tipo"):
             (self.models / sub).mkdir(parents=True)
         for sub in ("output", "temp", "input", "user"):
             (self.root / sub).mkdir()
@@ -213,7 +217,7 @@ class Comfy:
         args.preview_method = comfy.cli_args.LatentPreviewMethod.Latent2RGB
         import folder_paths
 
-        for name in ("checkpoints", "text_encoders", "vae", "loras", "embeddings", "diffusion_models"):
+        for name in ("checkpoints", "text_encoders", "vae", "loras", "embeddings", "diffusion_models", "tipo"):
             folder_paths.add_model_folder_path(name, str(self.models / name), is_default=True)
         folder_paths.set_output_directory(str(self.root / "output"))
         folder_paths.set_temp_directory(str(self.root / "temp"))
@@ -285,6 +289,35 @@ class Comfy:
             sd = random_vae_state_dict(0)
             save({k[len("vae."):]: v for k, v in sd.items()}, path)
         return path
+
+    def write_shared_models(self) -> dict[str, Path]:
+        """Weights that ComfyUI and ``hdm_core`` load to identical numbers, for front-end comparisons.
+
+        ``{"ckpt": models/checkpoints/<SHARED_CKPT_NAME>, "te": models/text_encoders/<SHARED_TE_NAME>}``:
+        the released layout in fp16 (the tiny XUT as ``unet.model.*`` + a VAE with every released
+        ``vae.*`` shape, which older ComfyUI requires and hdm_core reads off the encoder; its
+        output has contrast, so 8-bit images of it are sensitive), and the tiny Qwen3 in bf16 as
+        Qwen3-0.6B ships. ComfyUI keeps text encoders in fp16 on every device and hdm_core
+        upcasts file weights to its compute dtype, so an fp16/bf16 file gives both the same
+        weights where an fp32 file would be rounded by ComfyUI alone.
+        """
+        ckpt = self.models / "checkpoints" / SHARED_CKPT_NAME
+        te = self.models / "text_encoders" / SHARED_TE_NAME
+        if not ckpt.exists():
+            vae_sd = random_vae_state_dict(0, output_gain=0.6)
+            save({**{"unet.model." + k: v.half() for k, v in self.xut_sd.items()}, **vae_sd}, ckpt)
+        if not te.exists():
+            save({k: v.bfloat16() for k, v in self.te_sd.items()}, te)
+        return {"ckpt": ckpt, "te": te}
+
+    def write_tipo_stub(self, name: str) -> Path:
+        """A folder in models/tipo that HDM TIPO Prompt lists (``config.json`` only): enough to
+        validate a workflow naming that model, not to run it."""
+        folder = self.models / "tipo" / name
+        if not (folder / "config.json").exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "config.json").write_text(json.dumps({"model_type": "llama", "note": "test placeholder"}))
+        return folder
 
     def write_lora(self, name: str = "hdm-lora.safetensors", **kwargs) -> Path:
         path = self.models / "loras" / name
@@ -450,23 +483,22 @@ def reference_latent(
 
     Same weights, ``hdm_core.flow.seeded_noise``, ``flow_timesteps`` (or given sigmas),
     ``sample_euler`` over ``cfg_model``, the reference camera map, and TREAD keep-masks drawn
-    with the pack's documented seeding rule (``tread_seed``).
+    with hdm_core's seeding rule (``hdm_core.tread.selection_seed``).
     """
     import hdm_core
-    from hdm_core import flow, latents, positions
+    from hdm_core import flow, latents, positions, tread
 
     xut = hdm_core.load_xut(xut_sd if xut_sd is not None else comfy.xut_sd, dtype=torch.float32)
     b, c, h, w = shape
     pos_map = positions.camera_pos_map(h, w, *camera)[None]
     num_img = (h // 2) * (w // 2)
-    model_mod = comfy.hdm.model
 
     def branch(ctx, branch_index, gamma):
         def run(x, t, **_):
             mask = None
             if gamma > 0:
-                seeds = [model_mod.tread_seed(seed, branch_index, row, float(tt)) for row, tt in enumerate(t.tolist())]
-                mask = model_mod.tread_keep_mask(num_img, gamma, seeds)
+                seeds = [tread.selection_seed(seed, branch_index, row, float(tt)) for row, tt in enumerate(t.tolist())]
+                mask = tread.seeded_keep_mask(num_img, gamma, seeds)
             return xut(x, t, ctx.expand(x.shape[0], -1, -1), pos_map=pos_map, tread_mask=mask)
 
         return run

@@ -32,12 +32,47 @@ EXPECTED_NODES = {
     "HDMTipoPrompt": "HDM TIPO Prompt",
     "HDMPromptFormat": "HDM Prompt Format",
 }
-WORKFLOW_NAMES = ["hdm_txt2img_ksampler", "hdm_sampler_camera_tread", "hdm_lora"]
+WORKFLOW_NAMES = sorted(p.stem for p in H.WORKFLOWS.glob("*.json"))
+WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN")
 
 
 @pytest.fixture(scope="module")
 def cui(comfyui_path):
     return H.get_comfy(comfyui_path)
+
+
+def write_workflow_models(cui, name: str) -> None:
+    """The model files a shipped workflow names, beyond the harness's checkpoint and text encoder."""
+    if name == "hdm_lora":
+        cui.write_lora("hdm-lora.safetensors")
+    if name == "hdm_tipo":
+        cui.write_tipo_stub("TIPO-200M-ft2")
+
+
+def input_spec(cls) -> dict:
+    spec = cls.INPUT_TYPES()
+    return {**spec.get("required", {}), **spec.get("optional", {})}
+
+
+def is_widget(definition) -> bool:
+    return isinstance(definition[0], list) or definition[0] in WIDGET_TYPES
+
+
+def check_widget_value(where: str, definition, value) -> None:
+    """A widget value the node accepts: a combo option, a number in range, the right type."""
+    kind, opts = definition[0], (definition[1] if len(definition) > 1 else {})
+    if isinstance(kind, list):
+        assert value in kind, f"{where}: {value!r} is not one of the options {kind[:8]}"
+    elif kind == "INT":
+        assert isinstance(value, int) and not isinstance(value, bool), f"{where}: {value!r} is not an integer"
+    elif kind == "FLOAT":
+        assert isinstance(value, (int, float)) and not isinstance(value, bool), f"{where}: {value!r} is not a number"
+    elif kind == "BOOLEAN":
+        assert isinstance(value, bool), f"{where}: {value!r} is not a boolean"
+    elif kind == "STRING":
+        assert isinstance(value, str), f"{where}: {value!r} is not a string"
+    if kind in ("INT", "FLOAT"):
+        assert opts.get("min", value) <= value <= opts.get("max", value), f"{where}: {value} is outside [{opts.get('min')}, {opts.get('max')}]"
 
 
 def test_comfyui_imports_the_pack_by_path(cui):
@@ -61,6 +96,10 @@ def test_every_node_instantiates_with_category_and_tooltips(cui, node_id):
     assert inputs
     for name, definition in inputs.items():
         assert len(definition) > 1 and definition[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
+        # ComfyUI's validation checks combo values only when the options are a list (not a tuple)
+        assert not isinstance(definition[0], tuple), f"{node_id}.{name}: combo options must be a list"
+        if is_widget(definition) and "default" in definition[1]:
+            check_widget_value(f"{node_id}.{name} default", definition, definition[1]["default"])
     assert len(getattr(cls, "OUTPUT_TOOLTIPS", ())) == len(cls.RETURN_TYPES)
 
 
@@ -82,12 +121,19 @@ def test_sampler_offers_reference_schedule_first_and_comfy_schedulers(cui):
     assert spec["sampler_name"][0] == comfy.samplers.KSampler.SAMPLERS
 
 
+def test_every_ui_workflow_has_an_api_twin():
+    assert WORKFLOW_NAMES, "no workflows shipped"
+    assert sorted(p.stem for p in (H.WORKFLOWS / "api").glob("*.json")) == WORKFLOW_NAMES
+
+
 @pytest.mark.parametrize("name", WORKFLOW_NAMES)
 def test_ui_workflow_has_no_missing_nodes_and_matches_its_api_twin(cui, name):
+    write_workflow_models(cui, name)
     ui = H.load_ui_workflow(name)
     assert ui["version"] == 0.4 and ui["links"] and ui["nodes"]
+    classes = cui.nodes.NODE_CLASS_MAPPINGS
     for node in ui["nodes"]:
-        assert node["type"] in cui.nodes.NODE_CLASS_MAPPINGS, f"{name}: node type {node['type']} is missing"
+        assert node["type"] in classes, f"{name}: node type {node['type']} is missing"
     # Link table consistent with the nodes' own input/output records.
     by_id = {n["id"]: n for n in ui["nodes"]}
     for link_id, src, src_slot, dst, dst_slot, typ in ui["links"]:
@@ -96,9 +142,55 @@ def test_ui_workflow_has_no_missing_nodes_and_matches_its_api_twin(cui, name):
         assert by_id[src]["outputs"][src_slot]["type"] == by_id[dst]["inputs"][dst_slot]["type"] == typ
     assert ui["last_link_id"] == max(link[0] for link in ui["links"])
     assert ui["last_node_id"] == max(by_id)
+    assert len({link[0] for link in ui["links"]}) == len(ui["links"])
+    # Every slot is one the node defines, with its type; every required socket is connected.
+    for node in ui["nodes"]:
+        cls, where = classes[node["type"]], f"{name}: node {node['id']} ({node['type']})"
+        names = getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES
+        outputs, defined = [(o["name"], o["type"]) for o in node["outputs"]], list(zip(names, cls.RETURN_TYPES))
+        if node["type"] in EXPECTED_NODES:
+            assert outputs == defined, where
+        else:  # stock nodes gain outputs over versions (v0.33's SaveImage passes its images on); the frontend appends them
+            assert outputs == defined[: len(outputs)], where
+        spec = input_spec(cls)
+        for inp in node["inputs"]:
+            assert inp["name"] in spec, f"{where}: no input named {inp['name']}"
+            definition = spec[inp["name"]]
+            if is_widget(definition):
+                assert inp.get("widget", {}).get("name") == inp["name"], f"{where}: widget input {inp['name']} is not marked as a widget"
+                assert inp["type"] == ("COMBO" if isinstance(definition[0], list) else definition[0]), f"{where}: {inp['name']}"
+            else:
+                assert inp["type"] == definition[0], f"{where}: input {inp['name']} is {inp['type']}, the node takes {definition[0]}"
+        connected = {inp["name"] for inp in node["inputs"] if inp.get("link") is not None}
+        for input_name, definition in cls.INPUT_TYPES().get("required", {}).items():
+            if not is_widget(definition):
+                assert input_name in connected, f"{where}: required input {input_name} is not connected"
+    # The API twin is the same graph with the same values, and every widget value is valid.
     api = H.load_api_workflow(name)
-    converted = H.ui_to_api(ui, cui.nodes.NODE_CLASS_MAPPINGS)
+    converted = H.ui_to_api(ui, classes)
     assert converted == {k: {kk: vv for kk, vv in v.items() if kk != "_meta"} for k, v in api.items()}
+    for node_id, node in converted.items():
+        spec = input_spec(classes[node["class_type"]])
+        for input_name, value in node["inputs"].items():
+            if isinstance(value, list):  # a link: [source node id, output index]
+                assert len(value) == 2 and value[0] in converted and isinstance(value[1], int)
+                continue
+            check_widget_value(f"{name}: node {node_id} ({node['class_type']}).{input_name}", spec[input_name], value)
+    titles = {str(n["id"]): n.get("title") for n in ui["nodes"]}
+    for node_id, node in api.items():
+        assert node["_meta"]["title"] == (titles[node_id] or cui.nodes.NODE_DISPLAY_NAME_MAPPINGS.get(node["class_type"], node["class_type"]))
+
+
+def test_widget_value_check_catches_bad_values(cui):
+    sampler = input_spec(cui.nodes.NODE_CLASS_MAPPINGS["HDMSampler"])
+    for input_name, value, message in (
+        ("scheduler", "hdm_uniformm", "not one of the options"),
+        ("steps", 0, r"outside \[1,"),
+        ("cfg", "3", "not a number"),
+        ("steps", 2.5, "not an integer"),
+    ):
+        with pytest.raises(AssertionError, match=message):
+            check_widget_value("HDMSampler", sampler[input_name], value)
 
 
 @pytest.mark.parametrize("name", WORKFLOW_NAMES)
@@ -106,8 +198,7 @@ def test_api_workflow_validates_in_comfyui(cui, name):
     import asyncio
 
     prompt = H.load_api_workflow(name)
-    if name == "hdm_lora":
-        cui.write_lora("hdm-lora.safetensors")
+    write_workflow_models(cui, name)
     ok, error, outputs, node_errors = asyncio.run(cui.execution.validate_prompt("validate", prompt, None))
     assert ok, (error, node_errors)
     assert outputs
@@ -122,3 +213,5 @@ def test_workflows_use_model_card_defaults(name):
     assert (latent["width"], latent["height"]) in {(1024, 1024), (1280, 960), (1440, 800), (960, 1280), (800, 1440)}
     loader = next(v["inputs"] for v in api.values() if v["class_type"] == "HDMCheckpointLoader")
     assert loader == {"ckpt_name": H.CKPT_NAME, "text_encoder": H.TE_NAME}
+    for tipo in (v["inputs"] for v in api.values() if v["class_type"] == "HDMTipoPrompt"):
+        assert (tipo["width"], tipo["height"]) == (latent["width"], latent["height"]), "TIPO is told another aspect ratio than the image has"

@@ -153,7 +153,9 @@ def test_server_lists_hdm_nodes_with_tooltips_and_templates(server):
             assert spec[1].get("tooltip"), (node_id, name)
     assert H.CKPT_NAME in info["HDMCheckpointLoader"]["input"]["required"]["ckpt_name"][0]
     templates = server.get("/workflow_templates")
-    assert sorted(templates.get(PACK_DIR_NAME, [])) == ["hdm_lora", "hdm_sampler_camera_tread", "hdm_txt2img_ksampler"]
+    shipped = sorted(p.stem for p in H.WORKFLOWS.glob("*.json"))  # the UI workflows; workflows/api/ is not listed
+    assert {"hdm_lora", "hdm_sampler_camera_tread", "hdm_tipo", "hdm_txt2img_ksampler"} <= set(shipped)
+    assert sorted(templates.get(PACK_DIR_NAME, [])) == shipped
 
 
 def test_error_reaches_the_history_and_the_server_keeps_working(server):

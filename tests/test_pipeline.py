@@ -18,6 +18,7 @@ from hdm_core.pipeline import (
     latent_size,
 )
 from hdm_core.positions import axial_grid
+from hdm_core.tread import COND_BRANCH, UNCOND_BRANCH, SeededRouting, seeded_keep_mask, selection_seed
 from hdm_core.testing import TINY_QWEN3, tiny_qwen3, tiny_vae, tiny_xut, write_tiny_hdm
 from hdm_core.text import TextEncoder, load_tokenizer
 
@@ -62,6 +63,39 @@ def test_matches_hand_written_reference_recipe(pipe):
     assert images.shape == (2, 3, 32, 48) and images.std() > 0.05
 
 
+def test_tread_tokens_follow_the_shared_seeding_rule(pipe):
+    """Each pass of each step keeps the tokens hdm_core.tread.selection_seed picks for (seed, branch, row, t),
+    the rule the ComfyUI model uses too, so TREAD images agree between the front-ends."""
+    p = _params(tread_gamma=0.25, tread_gamma_uncond=0.5, batch_size=2, steps=3, width=32, height=32)
+    got = pipe.sample(p)
+
+    xut, te = pipe.xut, pipe.text_encoder
+    emb, neg = te.encode([p.prompt] * 2), te.encode([p.negative] * 2)
+    h, w = p.height // 8, p.width // 8
+    num_img = (h // 2) * (w // 2)
+    pos_map = axial_grid(h, w)[None]
+
+    def mask(branch, gamma, t):
+        return seeded_keep_mask(num_img, gamma, [selection_seed(p.seed, branch, row, float(t)) for row in range(2)])
+
+    x = initial_noise(2, p.width, p.height, p.seed)
+    ts = [1.0, 1 - 1 / 3, 1 - 2 / 3, 0.0]
+    with torch.no_grad():
+        for t, t_next in zip(ts[:-1], ts[1:]):
+            tt = torch.full((2,), t, dtype=torch.float32)
+            v_c = xut(x, tt, emb, pos_map=pos_map, tread_mask=mask(COND_BRANCH, 0.25, tt[0]))
+            v_u = xut(x, tt, neg, pos_map=pos_map, tread_mask=mask(UNCOND_BRANCH, 0.5, tt[0]))
+            x = x + (t_next - t) * (v_u + p.cfg * (v_c - v_u))
+    torch.testing.assert_close(got, x, rtol=2e-5, atol=2e-5)  # float32 kernels, different call layout
+    # a different seed picks other tokens (same noise, so only the routing differs)
+    from hdm_core import pipeline
+
+    cond, _ = pipeline.guidance_kwargs(emb, neg, p)
+    other = pipeline.sample_latents(xut, initial_noise(2, 32, 32, p.seed), {**cond, "tread": pipeline.tread_routing(0.25, p.seed + 1, COND_BRANCH)}, None, p)
+    same = pipeline.sample_latents(xut, initial_noise(2, 32, 32, p.seed), cond, None, p)
+    assert (other - same).abs().max() > 1e-4
+
+
 def test_same_seed_same_result_and_every_parameter_matters(pipe):
     def run(**change):  # latents: every parameter below acts before the (deterministic) VAE decode
         return pipe.sample(_params(width=32, height=32, steps=2, **change))
@@ -98,7 +132,8 @@ def test_guidance_kwargs_camera_addon_and_gammas(pipe):
     ctx, neg = torch.zeros(3, 5, 32), torch.zeros(3, 0, 32)
     cond, uncond = guidance_kwargs(ctx, neg, p)
     assert cond["ctx"] is ctx and uncond["ctx"] is neg
-    assert cond["tread_rate"] is None and uncond["tread_rate"] == 0.5  # 0 = off, not the reference's 0 → 0.5
+    assert cond["tread"] is None  # 0 = off, not the reference's 0 → 0.5
+    assert uncond["tread"] == SeededRouting(0.5, p.seed, UNCOND_BRANCH)  # hdm_core's one seeding rule
     torch.testing.assert_close(cond["addon_info"], torch.full((3, 1), math.log(2.0)))
     h, w = latent_size(64, 32)
     assert cond["pos_map"].shape == (1, h * w, 2)

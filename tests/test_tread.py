@@ -108,3 +108,45 @@ def test_model_without_tread_blocks_refuses_routing():
         assert out.shape == x.shape
         with pytest.raises(ValueError, match="no TREAD blocks"):
             m(x, 0.5, torch.randn(1, 3, 8), tread_rate=0.5)
+
+
+# ----------------------------------------------------------------------------- the seeding rule
+def test_selection_seed_is_pinned_and_depends_on_every_key():
+    """The rule both front-ends share: changing it silently would change every TREAD image."""
+    assert tread.selection_seed(0, 0, 0, 1.0) == 3898961507648728418
+    assert tread.selection_seed(42, tread.UNCOND_BRANCH, 3, 0.5) == 3819984117244854737
+    base = (42, 1, 3, 0.5)
+    seeds = {tread.selection_seed(*base)}
+    for i, other in enumerate((43, 0, 2, 0.25)):
+        changed = list(base)
+        changed[i] = other
+        seeds.add(tread.selection_seed(*changed))
+    assert len(seeds) == 5
+    # t is keyed at 1e-6: a float32 and a float64 of the same schedule entry agree
+    t64 = 1 - 1 / 3
+    assert tread.selection_seed(1, 0, 0, t64) == tread.selection_seed(1, 0, 0, float(torch.tensor(t64, dtype=torch.float32)))
+    assert 0 <= tread.selection_seed(2**64 - 1, 1, 10**6, 1.0) < 2**63
+
+
+def test_seeded_keep_mask_rows_follow_their_own_seed():
+    mask = tread.seeded_keep_mask(16, 0.5, [tread.selection_seed(42, 1, 3, 0.5)])
+    assert mask.int().tolist() == [[1, 0, 0, 0, 0, 1, 1, 0, 0, 1, 1, 0, 1, 0, 1, 1]]
+    seeds = [11, 12, 13]
+    both = tread.seeded_keep_mask(100, 0.3, seeds)
+    assert both.dtype == torch.bool and both.shape == (3, 100) and both.sum(dim=1).tolist() == [70, 70, 70]
+    for i, s in enumerate(seeds):  # a row does not depend on its neighbours
+        assert torch.equal(both[i], tread.seeded_keep_mask(100, 0.3, [s])[0])
+    assert not torch.equal(both[0], both[1])
+
+
+def test_seeded_routing_is_per_branch_row_and_step():
+    cond, uncond = tread.SeededRouting(0.5, 7, tread.COND_BRANCH), tread.SeededRouting(0.5, 7, tread.UNCOND_BRANCH)
+    t = torch.full((2,), 0.75)
+    m = cond.keep_mask(t, 64)
+    assert m.shape == (2, 64) and not torch.equal(m[0], m[1])
+    assert torch.equal(m, cond.keep_mask(t, 64))
+    assert torch.equal(cond.keep_mask(0.75, 64, batch=2), m)  # scalar t broadcast over the batch
+    assert not torch.equal(uncond.keep_mask(t, 64), m)
+    assert not torch.equal(cond.keep_mask(torch.full((2,), 0.5), 64), m)
+    expected = tread.seeded_keep_mask(64, 0.5, [tread.selection_seed(7, 0, row, 0.75) for row in range(2)])
+    assert torch.equal(m, expected)
