@@ -174,7 +174,7 @@ def _batchable(cond: dict, uncond: dict) -> bool:
     """Both passes can share one forward exactly: same arguments but the context, no routing."""
     if set(cond) != set(uncond) or "ctx" not in cond or "ctx_mask" in cond or "tread_mask" in cond:
         return False
-    if cond.get("tread_rate") or uncond.get("tread_rate"):
+    if any(kw.get(k) for kw in (cond, uncond) for k in ("tread_rate", "tread")):
         return False  # token routing differs per branch: separate passes
     return all(_same(cond[k], uncond[k]) for k in cond if k != "ctx")
 
