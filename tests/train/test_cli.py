@@ -27,7 +27,7 @@ def _setup(tmp_path: Path, si, **overrides: str) -> Path:
     si.write_image_folder(tmp_path / "data" / "2_chara", [(64, 64), (72, 64), (64, 64)])
     si.write_image_folder(tmp_path / "data", [(64, 80)], seed=3)
     sections = {
-        "model": 'path = "tiny_hdm.safetensors"\ndevice = "cpu"',
+        "model": 'checkpoint = "tiny_hdm.safetensors"\ndevice = "cpu"',
         "encoders": 'image = "standins:load_tiny_vae"\ntext = "standins:load_tiny_te"',
         "dataset": 'path = "data"\ncache_latents = true\ncache_text = true\n[dataset.buckets]\nresolution = 64\n'
         "[dataset.captions]\nshuffle_tags = true\ncaption_dropout = 0.1",
