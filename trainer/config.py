@@ -53,7 +53,9 @@ class EncoderSection:
                 f"text_padding must be \"max_length\" (HDM's training: every caption padded/truncated to "
                 f"text_max_length tokens) or \"none\" (inference style: each caption's own tokens), got '{self.text_padding}'"
             )
-        if not isinstance(self.text_max_length, int) or self.text_max_length < 1:
+        if not isinstance(self.vae_sample, bool):
+            raise ValueError(f"vae_sample must be true (posterior sample, HDM's recipe) or false (posterior mean), got {self.vae_sample!r}")
+        if not isinstance(self.text_max_length, int) or isinstance(self.text_max_length, bool) or self.text_max_length < 1:
             raise ValueError(f"text_max_length must be a whole number >= 1 (HDM's training used 256), got {self.text_max_length}")
 
 

@@ -189,3 +189,5 @@ def test_missing_or_wrong_files_name_the_file_and_the_fix(tmp_path, hdm_files, s
     assert "[model] path is now called checkpoint" in err
     err = error(encoders='text_padding = "longest"')
     assert "text_padding must be \"max_length\"" in err and "or \"none\"" in err
+    err = error(encoders='vae_sample = "mean"')
+    assert "vae_sample must be true (posterior sample, HDM's recipe) or false (posterior mean), got 'mean'" in err
