@@ -8,6 +8,13 @@ position (pads included) without a mask. Positive and negative prompts are encod
 **separate** calls, so their lengths differ. An empty prompt has zero tokens: it gives a
 ``[B, 0, 1024]`` context (XUT accepts ``T = 0``) without running the encoder.
 
+HDM's **training** encoded captions differently (:data:`TRAIN_MAX_TOKENS`): every caption
+truncated and right-padded with ``<|endoftext|>`` to exactly 256 tokens, the encoder run
+with the padding mask, and the XUT trained on all 256 positions, pads included, without a
+mask. ``encode(prompts, max_length=TRAIN_MAX_TOKENS)`` reproduces that;
+:meth:`TextEncoder.encode_each` gives the inference-style contexts (each prompt's own
+tokens, no pads) for a batch of prompts.
+
 The architecture comes from ``configs/qwen3-0.6b.json`` shipped with this package and the
 tokenizer from ``tokenizer/qwen3/`` (Qwen's Apache-2.0 vocabulary), so nothing is fetched
 from the hub unless a caller asks for it (:func:`download_qwen3`). Weights come from a
@@ -41,6 +48,8 @@ QWEN3_CONFIG_FILE = PACKAGE_DIR / "configs" / "qwen3-0.6b.json"
 TOKENIZER_DIR = PACKAGE_DIR / "tokenizer" / "qwen3"
 QWEN3_REPO = "Qwen/Qwen3-0.6B"
 PAD_TOKEN_ID = 151643  # <|endoftext|>
+#: HDM's training recipe: captions truncated / padded to exactly this many tokens.
+TRAIN_MAX_TOKENS = 256
 
 #: Where Qwen3 weights live in the files HDM users have: an HDM trainer checkpoint, a
 #: ComfyUI-saved text encoder, a Hugging Face ``Qwen3Model``/``Qwen3ForCausalLM`` file, bare.
@@ -283,15 +292,26 @@ class TextEncoder:
     def hidden_size(self) -> int:
         return self.model.config.hidden_size
 
-    def tokenize(self, prompts: str | Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(input_ids, attention_mask)`` ``[B, T]``: right-padded to the longest prompt, no specials."""
+    def tokenize(
+        self, prompts: str | Sequence[str], max_length: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(input_ids, attention_mask)`` ``[B, T]``, right-padded with ``<|endoftext|>``, no specials.
+
+        ``max_length=None`` (inference): padded to the longest prompt, never truncated.
+        ``max_length=N`` (HDM's training, N = :data:`TRAIN_MAX_TOKENS`): every prompt
+        truncated to N tokens and padded to exactly N, so ``T = N`` for any batch.
+        """
         if isinstance(prompts, str):
             prompts = [prompts]
         if not len(prompts):
             raise ValueError("tokenize() needs at least one prompt")
-        out = self.tokenizer(
-            list(prompts), padding="longest", truncation=False, add_special_tokens=False, return_tensors="pt"
-        )
+        if max_length is not None and max_length < 1:
+            raise ValueError(f"max_length must be >= 1 (HDM's training used {TRAIN_MAX_TOKENS}), got {max_length}")
+        if max_length is None:
+            kwargs: dict[str, Any] = {"padding": "longest", "truncation": False}
+        else:
+            kwargs = {"padding": "max_length", "truncation": True, "max_length": max_length}
+        out = self.tokenizer(list(prompts), add_special_tokens=False, return_tensors="pt", **kwargs)
         ids, mask = out["input_ids"], out["attention_mask"]
         if ids.ndim == 1 or ids.numel() == 0:  # every prompt empty: zero tokens
             ids = torch.zeros(len(prompts), 0, dtype=torch.long)
@@ -310,10 +330,26 @@ class TextEncoder:
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         return out.last_hidden_state
 
-    def encode(self, prompts: str | Sequence[str]) -> torch.Tensor:
-        """HDM context for a list of prompts: ``[B, T, hidden]`` (pads included, as the XUT saw in use)."""
-        ids, mask = self.tokenize(prompts)
+    def encode(self, prompts: str | Sequence[str], max_length: int | None = None) -> torch.Tensor:
+        """HDM context for a list of prompts: ``[B, T, hidden]``, pads included (the XUT sees them unmasked).
+
+        ``max_length=None``: inference style, ``T`` = the longest prompt's length.
+        ``max_length=TRAIN_MAX_TOKENS``: HDM's training encoding, ``T = 256`` always.
+        """
+        ids, mask = self.tokenize(prompts, max_length)
         return self.encode_tokens(ids, mask)
+
+    def encode_each(self, prompts: Sequence[str]) -> list[torch.Tensor]:
+        """Inference-style contexts of several prompts at once: one ``[T_i, hidden]`` per prompt.
+
+        Each holds only that prompt's own tokens — what encoding it alone gives (up to
+        float rounding: with right padding and causal attention, pads never reach the real
+        tokens) — so a batch of captions never leaks one caption's length into another.
+        """
+        ids, mask = self.tokenize(prompts)
+        ctx = self.encode_tokens(ids, mask)
+        lengths = mask.sum(dim=1).tolist()
+        return [ctx[i, : int(n)] for i, n in enumerate(lengths)]
 
     def __call__(self, prompts: str | Sequence[str]) -> torch.Tensor:
         return self.encode(prompts)

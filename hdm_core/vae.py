@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -236,13 +236,28 @@ class AutoencoderKL(nn.Module):
         mean, logvar = h.chunk(2, dim=1)
         return mean, logvar.clamp(-30.0, 20.0)
 
-    def encode(self, images: torch.Tensor, sample: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
-        """VAE latents for images in ``[-1, 1]``: a posterior sample (training) or its mean."""
+    def encode(
+        self,
+        images: torch.Tensor,
+        sample: bool = True,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
+    ) -> torch.Tensor:
+        """VAE latents for images in ``[-1, 1]``: a posterior sample (training) or its mean.
+
+        ``generator`` may be one generator for the batch or one per image; per-image
+        generators make each image's sample independent of what else is in the batch
+        (so batching, data-parallel sharding and resumed runs draw the same latents).
+        """
         mean, logvar = self.encode_moments(images)
         if not sample:
             return mean
-        gen_device = generator.device if generator is not None else mean.device
-        noise = torch.randn(mean.shape, generator=generator, device=gen_device, dtype=mean.dtype).to(mean.device)
+        if generator is None or isinstance(generator, torch.Generator):
+            noise = _randn(mean.shape, generator, mean)
+        else:
+            generator = list(generator)
+            if len(generator) != mean.shape[0]:
+                raise ValueError(f"got {len(generator)} generators for {mean.shape[0]} images; give one per image")
+            noise = torch.cat([_randn((1, *mean.shape[1:]), g, mean) for g in generator])
         return mean + torch.exp(0.5 * logvar) * noise
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -257,18 +272,24 @@ class AutoencoderKL(nn.Module):
         self,
         images: torch.Tensor,
         sample: bool = True,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
         chunk: int = 4,
     ) -> torch.Tensor:
         """Normalised HDM latents for images in ``[0, 1]`` ``[B, 3, H, W]`` (H, W multiples of 8).
 
         ``sample=True`` draws from the posterior as HDM's training did; chunks of
-        ``chunk`` images bound peak memory the same way.
+        ``chunk`` images bound peak memory the same way. ``generator``: see :meth:`encode`.
         """
         s = self.config.scale
         if images.shape[-1] % s or images.shape[-2] % s:
             raise ValueError(f"image size {images.shape[-2]}x{images.shape[-1]} is not a multiple of {s}")
-        parts = [self.encode(x * 2 - 1, sample, generator) for x in images.split(chunk)]
+        gens: list = [generator] * len(images.split(chunk))
+        if generator is not None and not isinstance(generator, torch.Generator):
+            generator = list(generator)
+            if len(generator) != images.shape[0]:
+                raise ValueError(f"got {len(generator)} generators for {images.shape[0]} images; give one per image")
+            gens = [generator[i : i + chunk] for i in range(0, len(generator), chunk)]
+        parts = [self.encode(x * 2 - 1, sample, g) for x, g in zip(images.split(chunk), gens)]
         return latent_stats.normalize(torch.cat(parts).float())
 
     def decode_latents(self, z: torch.Tensor, tile: int | None = None, overlap: int = 16) -> torch.Tensor:
@@ -279,6 +300,12 @@ class AutoencoderKL(nn.Module):
         else:
             images = torch.cat([self.decode(part) for part in z_vae.split(1)])
         return (images.float() / 2 + 0.5).clamp(0, 1)
+
+
+def _randn(shape, generator: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
+    """N(0, 1) on ``generator``'s device (CPU generators give the same draw on every device), moved to ``like``."""
+    device = generator.device if generator is not None else like.device
+    return torch.randn(shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
 
 
 # --------------------------------------------------------------------------- tiling

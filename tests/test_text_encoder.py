@@ -14,6 +14,7 @@ from hdm_core.text import (
     PAD_TOKEN_ID,
     QWEN3_CONFIG_FILE,
     TOKENIZER_DIR,
+    TRAIN_MAX_TOKENS,
     TextEncoder,
     find_te_prefix,
     load_qwen3,
@@ -78,6 +79,43 @@ def test_tokenize_pads_right_to_longest_without_truncation(encoder):
     assert mask[0].sum() == 2 and (ids[0, 2:] == PAD_TOKEN_ID).all() and (mask[0, 2:] == 0).all()
     ids, mask = encoder.tokenize(["", ""])
     assert ids.shape == mask.shape == (2, 0)
+
+
+def test_training_tokenization_is_hdm_recipe(encoder, tokenizer):
+    """HDM's training: 256 tokens, truncated, right-padded with <|endoftext|>, no specials."""
+    assert TRAIN_MAX_TOKENS == 256 and PAD_TOKEN_ID == tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    long_prompt = ", ".join(["long hair"] * 200)
+    ids, mask = encoder.tokenize(["1girl, solo, long hair", "", long_prompt], max_length=TRAIN_MAX_TOKENS)
+    assert ids.shape == mask.shape == (3, 256)
+    assert ids[0, :7].tolist() == [16, 28552, 11, 13529, 11, 1293, 6869]
+    assert (ids[0, 7:] == PAD_TOKEN_ID).all() and mask[0].tolist() == [1] * 7 + [0] * 249
+    assert (ids[1] == PAD_TOKEN_ID).all() and mask[1].sum() == 0  # an empty caption: 256 pads
+    full = tokenizer(long_prompt, add_special_tokens=False)["input_ids"]
+    assert len(full) > 256 and ids[2].tolist() == full[:256] and mask[2].all()  # truncated, keeps the start
+    assert encoder.tokenize("a cat", max_length=4)[0].tolist() == [[64, 8251, PAD_TOKEN_ID, PAD_TOKEN_ID]]
+    with pytest.raises(ValueError, match="max_length must be >= 1"):
+        encoder.tokenize("a cat", max_length=0)
+
+
+def test_training_encoding_masks_the_encoder_only(qwen, encoder):
+    ids, mask = encoder.tokenize(PROMPTS + [""], max_length=TRAIN_MAX_TOKENS)
+    with torch.no_grad():
+        ref = qwen(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+    ctx = encoder.encode(PROMPTS + [""], max_length=TRAIN_MAX_TOKENS)
+    assert ctx.shape == (4, 256, TINY_QWEN3["hidden_size"]) and torch.isfinite(ctx).all()
+    torch.testing.assert_close(ctx, ref, rtol=0, atol=0)
+    # real tokens are what inference-style encoding gives; pad positions carry encoder output too
+    alone = encoder.encode([PROMPTS[1]])
+    n = alone.shape[1]
+    torch.testing.assert_close(ctx[1, :n], alone[0], rtol=0, atol=2e-5)
+    assert ctx[1, n:].abs().sum() > 0
+
+
+def test_encode_each_gives_each_prompt_its_own_tokens(encoder):
+    each = encoder.encode_each(PROMPTS + [""])
+    assert [c.shape[0] for c in each] == [int(encoder.tokenize(p)[1].sum()) for p in PROMPTS] + [0]
+    for p, c in zip(PROMPTS, each):
+        torch.testing.assert_close(c, encoder.encode([p])[0], rtol=0, atol=2e-5)
 
 
 def test_tokenizer_ids_match_comfyui_qwen_tokenizer(tokenizer, comfyui_path):

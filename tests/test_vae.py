@@ -151,6 +151,26 @@ def test_hdm_space_encode_decode(vae):
         vae.encode_images(torch.rand(1, 3, 30, 40))
 
 
+def test_per_image_generators_make_samples_independent_of_the_batch(vae):
+    images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+
+    def gens(*seeds):
+        return [torch.Generator().manual_seed(s) for s in seeds]
+
+    with torch.no_grad():
+        batch = vae.encode_images(images, generator=gens(1, 2, 3), chunk=2)
+        for i, seed in enumerate((1, 2, 3)):
+            alone = vae.encode_images(images[i : i + 1], generator=gens(seed))
+            torch.testing.assert_close(batch[i : i + 1], alone, rtol=0, atol=1e-5)
+        reordered = vae.encode_images(images.flip(0), generator=gens(3, 2, 1))
+        torch.testing.assert_close(reordered.flip(0), batch, rtol=0, atol=1e-5)
+        assert not torch.allclose(vae.encode_images(images, generator=gens(1, 2, 4))[2], batch[2])
+        with pytest.raises(ValueError, match="got 2 generators for 3 images; give one per image"):
+            vae.encode_images(images, generator=gens(1, 2))
+        with pytest.raises(ValueError, match="got 1 generators for 3 images"):
+            vae.encode(images * 2 - 1, generator=gens(1))
+
+
 def test_tiled_decode_blending_is_exact_for_a_local_decoder():
     def local(z):  # each latent cell → its own 8×8 pixel block
         return F.interpolate(torch.tanh(z[:, :3] + z[:, 3:]), scale_factor=8, mode="nearest")

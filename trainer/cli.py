@@ -74,31 +74,36 @@ class _StopFlag:
 
 def fit(cfg: FitConfig, *, steps: int | None = None, resume: str | None = None) -> int:
     from hdm_core import load_xut
+    from hdm_core.checkpoint import CheckpointError
     from hdm_core.train import DiskCache, ImageFolderData, TrainCallbacks, Trainer, scan_image_folder
     from hdm_core.train.loop import input_dtypes
 
-    from .encoders import build_encoders
+    from .encoders import build_encoders, check_model_files
     from .samples import make_sampler
 
     if steps is not None:
         cfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, steps=steps))
     if resume:
         cfg = dataclasses.replace(cfg, resume=dataclasses.replace(cfg.resume, state=resume, init_adapter=""))
-    if not cfg.model.path:
-        raise ConfigError("[model] path is required: the HDM checkpoint (.safetensors) to train on")
+    if not cfg.model.checkpoint:
+        raise ConfigError("[model] checkpoint is required: the HDM checkpoint (.safetensors) to train on")
     if not cfg.dataset.path:
         raise ConfigError("[dataset] path is required: a folder of images with same-name .txt captions")
+    check_model_files(cfg)
 
     device, rank, world = _setup_distributed(cfg.model.device)
     main = rank == 0
     logging.basicConfig(level=logging.INFO if main else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        dtype = _DTYPES[cfg.model.dtype]
-        model = load_xut(cfg.model.path, dtype=dtype, device=device)
-        encoders = build_encoders(cfg.encoders, device, dtype)
         records = scan_image_folder(
             cfg.dataset.path, caption_extension=cfg.dataset.caption_extension, missing_captions=cfg.dataset.missing_captions
         )
+        dtype = _DTYPES[cfg.model.dtype]
+        try:
+            model = load_xut(cfg.model.checkpoint, dtype=dtype, device=device)
+        except CheckpointError as exc:
+            raise ConfigError(f"[model] checkpoint = {cfg.model.checkpoint}: {exc}") from exc
+        encoders = build_encoders(cfg, device, dtype, ctx_dim=model.config.ctx_dim)
         cache = None
         if cfg.dataset.cache_latents or cfg.dataset.cache_text:
             cache = DiskCache(cfg.dataset.cache_dir or Path(cfg.training.output_dir) / "cache")
@@ -118,6 +123,12 @@ def fit(cfg: FitConfig, *, steps: int | None = None, resume: str | None = None) 
                 cfg.sample, encoders, Path(cfg.training.output_dir) / "samples", cfg.training.output_name, device,
                 input_dtype, amp_dtype,
             )  # fmt: skip
+        if cfg.dataset.cache_text and not cfg.captions.is_random and data.text_encoder is not None:
+            # every caption is cached and previews are encoded: the text encoder is not needed any more
+            data.text_encoder = None
+            encoders.release_text_encoder()
+            if main:
+                log.info("every caption is cached: the text encoder is released from memory")
         stop = _StopFlag()
         stop.install()
         bar = _ProgressBar(cfg.training.steps) if main else None

@@ -22,17 +22,41 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class ModelSection:
-    path: str = ""
+    """The HDM files: checkpoint (XUT, usually + VAE), Qwen3 text encoder, optional separate VAE."""
+
+    checkpoint: str = ""
+    text_encoder: str = ""
+    vae: str = ""
     dtype: str = "fp32"
     device: str = "auto"
 
 
+#: ``[encoders] text_padding``: HDM's training encoding, or inference-style contexts.
+TEXT_PADDING = ("max_length", "none")
+
+
 @dataclass(frozen=True)
 class EncoderSection:
+    """How captions and images become model inputs (built-in HDM encoders unless a factory is named)."""
+
+    text_padding: str = "max_length"
+    text_max_length: int = 256
+    vae_sample: bool = True
     image: str = ""
     text: str = ""
     image_args: dict[str, Any] = field(default_factory=dict)
     text_args: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.text_padding not in TEXT_PADDING:
+            raise ValueError(
+                f"text_padding must be \"max_length\" (HDM's training: every caption padded/truncated to "
+                f"text_max_length tokens) or \"none\" (inference style: each caption's own tokens), got '{self.text_padding}'"
+            )
+        if not isinstance(self.vae_sample, bool):
+            raise ValueError(f"vae_sample must be true (posterior sample, HDM's recipe) or false (posterior mean), got {self.vae_sample!r}")
+        if not isinstance(self.text_max_length, int) or isinstance(self.text_max_length, bool) or self.text_max_length < 1:
+            raise ValueError(f"text_max_length must be a whole number >= 1 (HDM's training used 256), got {self.text_max_length}")
 
 
 @dataclass(frozen=True)
@@ -121,10 +145,15 @@ def parse_config(data: Mapping[str, Any], base: Path | None = None) -> FitConfig
         path = Path(p).expanduser()
         return str(path if path.is_absolute() or base is None else (base / path))
 
-    model = _take("model", ModelSection, data.get("model", {}))
+    model_raw = data.get("model", {})
+    if isinstance(model_raw, Mapping) and "path" in model_raw:
+        raise ConfigError("[model] path is now called checkpoint: write checkpoint = \"...safetensors\"")
+    model = _take("model", ModelSection, model_raw)
     if model.dtype not in ("fp32", "bf16", "fp16"):
         raise ConfigError(f"[model] dtype must be fp32, bf16 or fp16, got '{model.dtype}'")
-    model = dataclasses.replace(model, path=resolve(model.path))
+    model = dataclasses.replace(
+        model, checkpoint=resolve(model.checkpoint), text_encoder=resolve(model.text_encoder), vae=resolve(model.vae)
+    )
     encoders = _take("encoders", EncoderSection, data.get("encoders", {}))
 
     ds_raw = dict(data.get("dataset", {}))

@@ -8,7 +8,10 @@ aspect values (:class:`Batch`). Where they come from is pluggable:
   images, and turns pixels and captions into tensors with two callables supplied by the
   caller: ``encode_images(pixels [B, 3, H, W] in [-1, 1]) → VAE latents [B, 4, H/8, W/8]``
   (normalised here with :mod:`hdm_core.latents`) and ``encode_text(list[str]) →
-  [B, T, D]`` tensor or list of ``[T_i, D]``. Both results can be cached on disk.
+  [B, T, D]`` tensor or list of ``[T_i, D]``. Both results can be cached on disk. An image
+  encoder whose ``stochastic`` attribute is true (VAE posterior sampling, as HDM trained)
+  is called as ``encode_images(pixels, seeds=[...])`` with one seed per image, so its draws
+  are reproducible like every other random choice here.
 * :class:`LatentData` takes latents and contexts that are already computed (e.g. a
   ComfyUI LATENT and its conditioning).
 
@@ -322,8 +325,25 @@ class ImageFolderData:
         enc_id = getattr(self.image_encoder, "cache_id", None)
         return DiskCache.key("latent", enc_id, str(rec.path.resolve()), st.st_size, st.st_mtime_ns, plan)
 
-    def encode_latents(self, indices: Sequence[int], plans: Sequence[CropPlan]) -> list[torch.Tensor]:
-        """Model-space latents ``[4, h, w]`` for the given crops (cache first, then encoder)."""
+    def _encoder_seed(self, index: int, plan: CropPlan, key: str | None, visit_seed: int | None) -> int:
+        """Seed of a stochastic encoder's draw for one image.
+
+        Cached latents are drawn once, from the cache key (so a cache hit and a fresh encode
+        give the same tensor); otherwise every visit draws anew, from the sample's rng.
+        """
+        if key is not None:
+            return int(key[:15], 16)
+        if visit_seed is not None:
+            return visit_seed
+        return int(DiskCache.key("encoder-seed", self.seed, index, plan)[:15], 16)
+
+    def encode_latents(
+        self, indices: Sequence[int], plans: Sequence[CropPlan], seeds: Sequence[int] | None = None
+    ) -> list[torch.Tensor]:
+        """Model-space latents ``[4, h, w]`` for the given crops (cache first, then encoder).
+
+        ``seeds`` (one per image) feed a stochastic encoder when the latent is not cached.
+        """
         out: list[torch.Tensor | None] = [None] * len(indices)
         keys: list[str | None] = [None] * len(indices)
         if self.cache_latents:
@@ -338,8 +358,13 @@ class ImageFolderData:
                     "configure a VAE (image encoder) or pre-fill the latent cache"
                 )
             pixels = torch.stack([load_image(self.records[indices[j]].path, plans[j]) for j in todo])
+            kwargs = {}
+            if getattr(self.image_encoder, "stochastic", False):
+                kwargs["seeds"] = [
+                    self._encoder_seed(indices[j], plans[j], keys[j], seeds[j] if seeds is not None else None) for j in todo
+                ]
             with torch.no_grad():
-                lat = self.image_encoder(pixels)
+                lat = self.image_encoder(pixels, **kwargs)
             lat = normalize(lat.detach().float().cpu())
             h, w = plans[todo[0]].latent_hw
             if lat.shape != (len(todo), LATENT_CHANNELS, h, w):
@@ -380,7 +405,8 @@ class ImageFolderData:
             raise ValueError(f"a batch must hold one bucket, got {sorted(buckets)}")
         plans = [self.crop_plan(i, rng) for i, rng in zip(indices, rngs)]
         captions = [process_caption(self.records[i].caption, self.caption_cfg, rng) for i, rng in zip(indices, rngs)]
-        latents = torch.stack(self.encode_latents(indices, plans))
+        seeds = [rng.getrandbits(63) for rng in rngs]  # drawn last: the crop and caption draws stay as they were
+        latents = torch.stack(self.encode_latents(indices, plans, seeds))
         ctx, mask = collate_contexts(self.encode_captions(captions))
         pos = torch.stack([crop_positions(p) for p in plans])
         addon = torch.tensor([[p.addon_info] for p in plans], dtype=torch.float32)

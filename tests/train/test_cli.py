@@ -27,7 +27,7 @@ def _setup(tmp_path: Path, si, **overrides: str) -> Path:
     si.write_image_folder(tmp_path / "data" / "2_chara", [(64, 64), (72, 64), (64, 64)])
     si.write_image_folder(tmp_path / "data", [(64, 80)], seed=3)
     sections = {
-        "model": 'path = "tiny_hdm.safetensors"\ndevice = "cpu"',
+        "model": 'checkpoint = "tiny_hdm.safetensors"\ndevice = "cpu"',
         "encoders": 'image = "standins:load_tiny_vae"\ntext = "standins:load_tiny_te"',
         "dataset": 'path = "data"\ncache_latents = true\ncache_text = true\n[dataset.buckets]\nresolution = 64\n'
         "[dataset.captions]\nshuffle_tags = true\ncaption_dropout = 0.1",
@@ -50,13 +50,17 @@ def _run(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.Completed
 def test_example_config_is_valid_and_documents_every_option():
     from hdm_core.train import AdapterConfig, CaptionConfig, OptimizerConfig, TimestepConfig
     from hdm_core.train.buckets import BucketConfig
-    from trainer.config import load_config
+    from trainer.config import EncoderSection, ModelSection, SampleSection, load_config
 
     example = REPO / "trainer" / "example.toml"
     cfg = load_config(example)
     assert cfg.adapter.algo == "lokr" and cfg.training.tread_rate == 0.5 and cfg.buckets.mode == "bucket"
+    # the short form: HDM's files only, built-in encoders with HDM's training text encoding
+    assert cfg.model.checkpoint.endswith("hdm-xut-340M-1024px-note.safetensors") and cfg.model.text_encoder.endswith("Qwen3-0.6B")
+    assert cfg.encoders.image == cfg.encoders.text == "" and cfg.encoders.text_padding == "max_length"
+    assert cfg.encoders.text_max_length == 256 and cfg.encoders.vae_sample
     text = example.read_text()
-    for cls in (AdapterConfig, CaptionConfig, OptimizerConfig, TimestepConfig, BucketConfig):
+    for cls in (ModelSection, EncoderSection, SampleSection, AdapterConfig, CaptionConfig, OptimizerConfig, TimestepConfig, BucketConfig):
         for field in cls.__dataclass_fields__:
             assert f"{field} =" in text or f"# {field} =" in text, f"example.toml does not document {cls.__name__}.{field}"
 

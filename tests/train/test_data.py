@@ -167,3 +167,46 @@ def test_latent_data_validates_its_inputs():
         LatentData([torch.zeros(4, 7, 8)], [torch.zeros(1, 16)])
     with pytest.raises(DatasetError, match="no latents"):
         LatentData([], [])
+
+
+class _NoisyVAE:
+    """TinyVAE plus seeded per-image noise: a stochastic encoder like VAE posterior sampling."""
+
+    stochastic = True
+
+    def __init__(self, vae):
+        self.vae, self.cache_id, self.seen = vae, "noisy-" + vae.cache_id, []
+
+    def __call__(self, pixels, seeds):
+        assert len(seeds) == pixels.shape[0]
+        self.seen.append(list(seeds))
+        noise = torch.stack([torch.randn(4, *pixels.shape[-2:], generator=torch.Generator().manual_seed(s))[:, ::8, ::8] for s in seeds])
+        return self.vae.encode(pixels) + noise
+
+
+def test_stochastic_encoders_get_reproducible_per_image_seeds(tmp_path, si):
+    si.write_image_folder(tmp_path / "ds", [(64, 64), (64, 64), (64, 64)])
+    records = scan_image_folder(tmp_path / "ds")
+
+    def make(cache_latents=False, cache=None):
+        return ImageFolderData(
+            records, image_encoder=_NoisyVAE(si.TinyVAE()), text_encoder=si.TinyTextEncoder(),
+            buckets=BucketConfig(resolution=64), cache=cache, cache_latents=cache_latents, seed=3,
+        )  # fmt: skip
+
+    data = make()
+    a = data.batch([0, 1], [random.Random(1), random.Random(2)])
+    b = data.batch([1, 2, 0], [random.Random(2), random.Random(7), random.Random(1)])  # other batch, same per-sample rngs
+    torch.testing.assert_close(b.latents[2], a.latents[0], rtol=0, atol=0)
+    torch.testing.assert_close(b.latents[0], a.latents[1], rtol=0, atol=0)
+    c = data.batch([0], [random.Random(9)])  # another visit draws another sample
+    assert not torch.allclose(c.latents[0], a.latents[0])
+    assert data.image_encoder.seen[0] != data.image_encoder.seen[2][:1]
+
+    cached = make(True, DiskCache(tmp_path / "c1"))
+    first = cached.batch([0, 1], [random.Random(1), random.Random(2)])
+    again = cached.batch([0, 1], [random.Random(5), random.Random(6)])  # served from the cache
+    assert len(cached.image_encoder.seen) == 1 and torch.equal(first.latents, again.latents)
+    fresh = make(True, DiskCache(tmp_path / "c2"))  # an empty cache draws the very same samples
+    fresh.precache()
+    torch.testing.assert_close(fresh.batch([0, 1], [random.Random(8), random.Random(8)]).latents, first.latents, rtol=0, atol=0)
