@@ -308,6 +308,19 @@ class XUT(nn.Module):
         """Recompute each transformer block in the backward pass (training memory saver)."""
         self.gradient_checkpointing = enabled
 
+    def compile_blocks(self, **compile_kwargs: Any) -> None:
+        """``torch.compile`` every transformer block in place (GPU speed option).
+
+        Per block, not the whole model: the routing, position tables and masks around the
+        blocks stay eager Python, and ``nn.Module.compile`` keeps the state-dict names (no
+        ``_orig_mod.``). Shapes follow torch's default (a second prompt length or image size
+        recompiles once with dynamic shapes), so varying prompts do not exhaust the recompile
+        limit. Measured in ``benchmarks/gpu.py``.
+        """
+        for m in self.modules():
+            if isinstance(m, TransformerBlock):
+                m.compile(**compile_kwargs)
+
     def set_attention(self, attention: AttentionLike | None) -> None:
         """Swap the attention kernel of every layer (``None`` = PyTorch SDPA)."""
         fn = attention if attention is not None else sdpa_attention

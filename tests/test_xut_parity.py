@@ -200,3 +200,23 @@ def test_gradient_checkpointing_same_grads(fixtures_dir, cases):
         out.square().mean().backward()
         grads.append(torch.cat([p.grad.flatten() for p in m.parameters()]))
     torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)
+
+
+def test_compile_blocks_keeps_names_and_outputs():
+    """``XUT.compile_blocks`` (the GPU speed option) wraps each block in place: same state-dict
+    names (checkpoints still load and save), same numbers (eager backend, so no compiler is needed here)."""
+    from hdm_core.testing import tiny_xut
+    from hdm_core.xut import TransformerBlock
+
+    eager, compiled = tiny_xut(3).eval(), tiny_xut(3).eval()
+    names = list(compiled.state_dict())
+    compiled.compile_blocks(backend="eager")
+    assert list(compiled.state_dict()) == names
+    blocks = [m for m in compiled.modules() if isinstance(m, TransformerBlock)]
+    assert blocks and all(b._compiled_call_impl is not None for b in blocks)
+    gen = torch.Generator().manual_seed(0)
+    x, ctx = torch.randn(2, 4, 8, 8, generator=gen), torch.randn(2, 5, eager.config.ctx_dim, generator=gen)
+    t = torch.tensor([0.3, 0.8])
+    with torch.no_grad():
+        for c in (ctx, ctx[:, :3]):  # a second prompt length must work too
+            torch.testing.assert_close(compiled(x, t, c), eager(x, t, c), rtol=1e-5, atol=1e-5)

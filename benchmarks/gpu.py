@@ -1,0 +1,351 @@
+"""HDM on one GPU: fp16/bf16 accuracy and speed at 1024×1024, ours vs the reference, one process.
+
+Four parts, each printed as a table (and all of it written as JSON with ``--json``):
+
+1. **Accuracy** — the released 343M config with scaled random weights (O(1) activations, as
+   ``xut_forward.py``), batch 1, 256 text tokens, latent 128×128: max-abs error relative to
+   max |output| of *our* float32 forward (TF32 off), for ours and the reference in fp32,
+   fp16 and bf16. Ours runs with half weights and no autocast (its fp32 islands are in the
+   model); the reference runs as its ``scripts/inference_fm.py`` does: half weights under
+   ``torch.autocast``. fp32 rows show the two implementations agree on the GPU; the half rows
+   show what each one's half-precision path loses.
+2. **Sampling speed** — one CFG step (conditional + unconditional forward) at 1024×1024 as
+   steps per second: the reference (two calls, eager and with its own per-block
+   ``torch.compile``), ours (two calls, one batched call, and ``XUT.compile_blocks``), in
+   fp16 and bf16. Calls alternate between implementations, timed with a device sync.
+3. **End to end** — ``hdm_core.pipeline`` (what ``python -m hdm_core generate`` runs) with
+   released-size random weights written to a temp folder: text encode, 16 Euler steps at CFG 3,
+   VAE decode at 1024×1024 per stage, peak GPU memory, and the pixel difference of the fp16 and
+   bf16 images to the fp32 image.
+4. **Training step** — LoKr (HDM's fine-tune settings) at 1024 px, bf16 autocast, TREAD 0 vs
+   0.5, batch 1 (when lycoris-lora is importable).
+
+    python benchmarks/gpu.py --reference ~/src/HDM --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # hdm_core only; never the ComfyUI nodes
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import torch  # noqa: E402
+
+from xut_forward import build_ours, build_reference  # noqa: E402
+
+DT = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+RESULTS: dict = {}
+#: Tokens of the negative prompt in the speed test (a short one, e.g. "worst quality, low quality").
+NEG_TOKENS = 16
+
+
+DEVICE = "cuda"
+
+
+def sync() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def sync_time(fn, runs: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    sync()
+    out = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def set_tf32(on: bool) -> None:
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = on
+
+
+def peak_gb() -> float:
+    return torch.cuda.max_memory_allocated() / 1024**3 if DEVICE == "cuda" else float("nan")
+
+
+def reset_peak() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.empty_cache()
+
+
+def ref_autocast(dtype: torch.dtype):
+    """How the reference runs in half precision: half weights under autocast (its inference_fm.py)."""
+    return torch.autocast(DEVICE, dtype=dtype, enabled=dtype != torch.float32)
+
+
+def inputs(size: int, ctx_len: int, device: str):
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 4, size, size, generator=gen)
+    ctx = torch.randn(1, ctx_len, 1024, generator=gen)
+    return x.to(device), torch.tensor([0.7], device=device), ctx.to(device), torch.zeros(1, 1, device=device)
+
+
+def accuracy(args) -> None:
+    set_tf32(False)
+    x, t, ctx, addon = inputs(args.size, args.ctx, DEVICE)
+    ours32 = build_ours("fp32").to(DEVICE)
+    sd = {k: v.cpu() for k, v in ours32.state_dict().items()}
+    rows = []
+    with torch.inference_mode():
+        truth = ours32(x, t, ctx, addon_info=addon).float()
+        scale = truth.abs().max()
+        for name in ("fp32", "fp16", "bf16"):
+            dt = DT[name]
+            ours = build_ours(name).to(DEVICE) if name != "fp32" else ours32
+            o = ours(x.to(dt), t, ctx.to(dt), addon_info=addon.to(dt)).float()
+            ref = build_reference(args.reference, sd, name).to(DEVICE) if args.reference else None
+            r = None
+            if ref is not None:
+                with ref_autocast(dt):
+                    r = ref(x.to(dt), t, ctx.to(dt), addon_info=addon.to(dt)).float()
+            rows.append({
+                "dtype": name,
+                "ours": float((o - truth).abs().max() / scale),
+                "reference": None if r is None else float((r - truth).abs().max() / scale),
+                "finite": bool(torch.isfinite(o).all()),
+            })  # fmt: skip
+            del ours, ref
+    set_tf32(True)
+    RESULTS["accuracy"] = rows
+    print(f"\n### Accuracy: XUT forward, latent {args.size}² ({args.size * 8} px), {args.ctx} tokens, vs our fp32 (TF32 off)\n")
+    print("| dtype | ours max-abs err / max-abs out | reference |")
+    print("| --- | --- | --- |")
+    for r in rows:
+        ref = "—" if r["reference"] is None else f"{r['reference']:.2e}"
+        print(f"| {r['dtype']} | {r['ours']:.2e} | {ref} |")
+
+
+def speed(args) -> None:
+    x, t, ctx, addon = inputs(args.size, args.ctx, DEVICE)
+    neg = torch.randn(1, NEG_TOKENS, 1024, generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    rows = []
+    for name in args.dtypes:
+        dt = DT[name]
+        xs, cs, ns, a = x.to(dt), ctx.to(dt), neg.to(dt), addon.to(dt)
+        ours = build_ours(name).to(DEVICE)
+        sd = {k: v.float().cpu() for k, v in ours.state_dict().items()}
+        impls = {}
+        if args.reference:
+            ref = build_reference(args.reference, sd, name).to(DEVICE)
+            import xut.env as env
+
+            def ref_step(ref=ref, compiled=False):
+                env.TORCH_COMPILE = compiled
+                with ref_autocast(dt):
+                    ref(xs, t, cs, addon_info=a)
+                    ref(xs, t, ns, addon_info=a)
+
+            impls["reference, eager, 2 calls"] = ref_step
+        impls["ours, eager, 2 calls"] = lambda: (ours(xs, t, cs, addon_info=a), ours(xs, t, ns, addon_info=a))
+        # batched CFG: the negative is padded to the prompt's length and its padded keys masked
+        mask = torch.zeros(2, args.ctx, dtype=torch.bool, device=DEVICE)
+        mask[0] = True
+        mask[1, :NEG_TOKENS] = True
+        x2, t2, a2 = xs.expand(2, -1, -1, -1), t.expand(2), a.expand(2, -1)
+        c2 = torch.cat([cs, torch.nn.functional.pad(ns, (0, 0, 0, args.ctx - NEG_TOKENS))])
+        impls["ours, eager, 1 batched call"] = lambda: ours(x2, t2, c2, addon_info=a2, ctx_mask=mask)
+        times: dict[str, list[float]] = {k: [] for k in impls}
+        with torch.inference_mode():
+            for k, fn in impls.items():  # warm-up
+                sync_time(fn, 0, args.warmup)
+            for _ in range(args.runs):  # alternate implementations run by run
+                for k, fn in impls.items():
+                    times[k] += sync_time(fn, 1, 0)
+            if args.compile:
+                ours_c = build_ours(name).to(DEVICE)
+                ours_c.compile_blocks()
+                compiled = {"ours, compile_blocks, 2 calls": lambda: (ours_c(xs, t, cs, addon_info=a), ours_c(xs, t, ns, addon_info=a))}
+                if args.reference:
+                    compiled["reference, its torch.compile, 2 calls"] = lambda: ref_step(compiled=True)
+                for k, fn in compiled.items():
+                    t0 = time.perf_counter()
+                    sync_time(fn, 0, 3)
+                    RESULTS.setdefault("compile_s", {})[f"{k} {name}"] = time.perf_counter() - t0
+                    times[k] = []
+                for _ in range(args.runs):
+                    for k, fn in compiled.items():
+                        times[k] += sync_time(fn, 1, 0)
+                if args.reference:
+                    env.TORCH_COMPILE = False
+        base = statistics.median(times["reference, eager, 2 calls"]) if args.reference else None
+        for k, ts in times.items():
+            med = statistics.median(ts)
+            rows.append({"impl": k, "dtype": name, "median_s": med, "min_s": min(ts),
+                         "it_s": 1 / med, "speedup": None if base is None else base / med})  # fmt: skip
+        del ours, impls
+        reset_peak()
+    RESULTS["speed"] = rows
+    print(f"\n### Sampling speed: one CFG step at {args.size * 8}×{args.size * 8} ({args.ctx}-token prompt, "
+          f"{NEG_TOKENS}-token negative), {RESULTS['device']}, {args.runs} runs each, alternating\n")
+    print("| impl | dtype | median (ms) | min (ms) | it/s | vs reference eager, same dtype |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        sp = "—" if r["speedup"] is None else f"{r['speedup']:.2f}×"
+        print(f"| {r['impl']} | {r['dtype']} | {r['median_s'] * 1e3:.1f} | {r['min_s'] * 1e3:.1f} | {r['it_s']:.2f} | {sp} |")
+
+
+def end_to_end(args) -> None:
+    from hdm_core import HDM_XUT_SMALL
+    from hdm_core.pipeline import GenerationParams, HDMPipeline
+    from hdm_core.testing import TINY_QWEN3, TINY_VAE, TINY_XUT, write_random_hdm
+    from hdm_core.text import qwen3_config_dict
+    from hdm_core.vae import SDXL_VAE
+
+    configs = dict(xut_config=HDM_XUT_SMALL, qwen3_config=qwen3_config_dict(), vae_config=SDXL_VAE)
+    if args.tiny:  # a dry run of this script on any machine
+        configs = dict(xut_config=TINY_XUT, qwen3_config=TINY_QWEN3, vae_config=TINY_VAE)
+
+    rows, images = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = write_random_hdm(tmp, 0, **configs, dtype=torch.float16, ckpt_name="hdm.safetensors", te_name="qwen3")
+        params = GenerationParams(prompt="1girl, izuna (blue archive), fox ears, smile, cherry blossoms, masterpiece",
+                                  negative="worst quality, low quality", width=args.size * 8, height=args.size * 8,
+                                  steps=args.steps, cfg=3.0, seed=1)  # fmt: skip
+        for name in ["fp32", *args.dtypes]:
+            set_tf32(name != "fp32")  # the fp32 image is the accuracy reference
+            pipe = HDMPipeline.from_files(paths["ckpt"], paths["te"], device=DEVICE, dtype=DT[name])
+            pipe.generate(GenerationParams(**{**params.__dict__, "steps": 2}))  # warm-up (kernels, allocator)
+            reset_peak()
+            stages = {}
+            with torch.inference_mode():
+                sync()
+                t0 = time.perf_counter()
+                pipe.encode_prompt(params.prompt), pipe.encode_prompt(params.negative)
+                sync()
+                stages["text encode"] = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                lat = pipe.sample(params)
+                sync()
+                stages["sampling"] = time.perf_counter() - t0  # includes its own (repeated) text encode
+                t0 = time.perf_counter()
+                img = pipe.decode(lat)
+                sync()
+                stages["VAE decode"] = time.perf_counter() - t0
+            images[name] = img
+            rows.append({"dtype": name, **stages, "it_s": args.steps / stages["sampling"],
+                         "peak_gb": peak_gb(), "finite": bool(torch.isfinite(img).all())})  # fmt: skip
+            del pipe
+            reset_peak()
+    for r in rows:
+        r["mean_abs_diff_vs_fp32_255"] = float((images[r["dtype"]] - images["fp32"]).abs().mean() * 255)
+    RESULTS["end_to_end"] = rows
+    print(f"\n### End to end, hdm_core.pipeline, {args.size * 8}², {args.steps} Euler steps, CFG 3, released-size random weights\n")
+    print("| dtype | text encode (s) | sampling (s) | it/s | VAE decode (s) | peak GPU memory (GB) | image mean |diff| vs fp32 (/255) |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(f"| {r['dtype']} | {r['text encode']:.3f} | {r['sampling']:.2f} | {r['it_s']:.1f} | {r['VAE decode']:.3f} "
+              f"| {r['peak_gb']:.2f} | {r['mean_abs_diff_vs_fp32_255']:.2f} |")
+
+
+def training(args) -> None:
+    try:
+        import lycoris  # noqa: F401
+    except ImportError:
+        print("\n(training step skipped: lycoris-lora is not installed)")
+        return
+    import dataclasses
+
+    from hdm_core import HDM_XUT_SMALL, XUT
+    from hdm_core.train import AdapterConfig, LatentData, TrainConfig, Trainer
+    from hdm_core.train.optim import set_lr
+
+    size = args.size
+    if args.tiny:
+        from hdm_core.testing import TINY_XUT as config
+    else:
+        config = HDM_XUT_SMALL
+    model = XUT(config, dtype=torch.bfloat16, device=DEVICE).eval()
+    gen = torch.Generator().manual_seed(0)
+    data = LatentData([torch.randn(4, size, size, generator=gen) for _ in range(4)],
+                      [torch.randn(args.ctx, config.ctx_dim, generator=gen) for _ in range(4)])  # fmt: skip
+    rows = []
+    with tempfile.TemporaryDirectory() as out:
+        cfg = TrainConfig(steps=1000, batch_size=1, mixed_precision="bf16", output_dir=out, save_state=False)
+        trainer = Trainer(model, data, AdapterConfig(algo="lokr", factor=4, full_matrix=True, train_norm=True, preset="full"),
+                          cfg, device=DEVICE)  # fmt: skip
+        times: dict[float, list[float]] = {0.0: [], 0.5: []}
+        losses = []
+
+        def step(rate: float) -> float:
+            trainer.config = dataclasses.replace(cfg, tread_rate=rate)
+            sync()
+            t0 = time.perf_counter()
+            set_lr(trainer.optimizer, trainer.step, cfg.steps, cfg.optimizer)
+            losses.append(float(trainer.backward_micro_batches()))
+            trainer.optimizer_step()
+            trainer.step += 1
+            trainer.micro_step += 1
+            sync()
+            return time.perf_counter() - t0
+
+        with trainer.session():
+            for rate in (0.5, 0.0, 0.5, 0.0):
+                step(rate)
+            reset_peak()
+            for i in range(args.runs):
+                for rate in (0.0, 0.5) if i % 2 else (0.5, 0.0):
+                    times[rate].append(step(rate))
+        for rate, ts in times.items():
+            rows.append({"tread": rate, "median_s": statistics.median(ts), "it_s": 1 / statistics.median(ts)})
+        RESULTS["training"] = {"rows": rows, "peak_gb": peak_gb(),
+                               "losses_finite": all(map(lambda v: v == v and abs(v) < 1e4, losses))}  # fmt: skip
+    print(f"\n### Training step: LoKr (HDM fine-tune settings), {size * 8} px, batch 1, bf16 autocast, {args.ctx} tokens\n")
+    print("| TREAD rate | median s/step | it/s | speed-up vs TREAD 0 |")
+    print("| --- | --- | --- | --- |")
+    for r in rows:
+        print(f"| {r['tread']} | {r['median_s']:.3f} | {r['it_s']:.2f} | {rows[0]['median_s'] / r['median_s']:.2f}× |")
+    print(f"\npeak GPU memory {RESULTS['training']['peak_gb']:.2f} GB; losses finite: {RESULTS['training']['losses_finite']}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--reference", type=Path, default=None, help="local checkout of KohakuBlueleaf/HDM")
+    p.add_argument("--size", type=int, default=128, help="latent side (pixels / 8; default 128 = 1024 px)")
+    p.add_argument("--ctx", type=int, default=256)
+    p.add_argument("--dtypes", nargs="+", default=["fp16", "bf16"], choices=["fp16", "bf16"])
+    p.add_argument("--runs", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--steps", type=int, default=16, help="end-to-end sampling steps")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile (ours per block; the reference's own)")
+    p.add_argument("--parts", nargs="+", default=["accuracy", "speed", "e2e", "train"])
+    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--device", default="cuda", help=argparse.SUPPRESS)  # cpu: dry run of the script
+    p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # tiny end-to-end models (dry run)
+    args = p.parse_args()
+    global DEVICE
+    DEVICE = args.device
+    if DEVICE == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("benchmarks/gpu.py needs a CUDA GPU")
+    RESULTS["device"] = torch.cuda.get_device_name() if DEVICE == "cuda" else DEVICE
+    RESULTS["torch"] = torch.__version__
+    print(f"{RESULTS['device']}, torch {torch.__version__}, CUDA {torch.version.cuda}")
+    parts = {"accuracy": accuracy, "speed": speed, "e2e": end_to_end, "train": training}
+    for part in args.parts:
+        try:
+            parts[part](args)
+        except Exception as exc:  # one failing part must not lose the others' numbers
+            import traceback
+
+            traceback.print_exc()
+            RESULTS.setdefault("errors", {})[part] = f"{type(exc).__name__}: {exc}"
+        if args.json:
+            args.json.write_text(json.dumps(RESULTS, indent=1))
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
