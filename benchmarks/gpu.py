@@ -268,47 +268,68 @@ def training(args) -> None:
         from hdm_core.testing import TINY_XUT as config
     else:
         config = HDM_XUT_SMALL
-    model = XUT(config, dtype=torch.bfloat16, device=DEVICE).eval()
     gen = torch.Generator().manual_seed(0)
-    data = LatentData([torch.randn(4, size, size, generator=gen) for _ in range(4)],
-                      [torch.randn(args.ctx, config.ctx_dim, generator=gen) for _ in range(4)])  # fmt: skip
-    rows = []
-    with tempfile.TemporaryDirectory() as out:
-        cfg = TrainConfig(steps=1000, batch_size=1, mixed_precision="bf16", output_dir=out, save_state=False)
-        trainer = Trainer(model, data, AdapterConfig(algo="lokr", factor=4, full_matrix=True, train_norm=True, preset="full"),
-                          cfg, device=DEVICE)  # fmt: skip
-        times: dict[float, list[float]] = {0.0: [], 0.5: []}
-        losses = []
+    n = max(8, 2 * max(args.train_batches))
+    data = LatentData([torch.randn(4, size, size, generator=gen) for _ in range(n)],
+                      [torch.randn(args.ctx, config.ctx_dim, generator=gen) for _ in range(n)])  # fmt: skip
+    rows, losses, profiles = [], [], {}
+    for batch in args.train_batches:
+        model = XUT(config, dtype=torch.bfloat16, device=DEVICE).eval()
+        with tempfile.TemporaryDirectory() as out:
+            cfg = TrainConfig(steps=1000, batch_size=batch, mixed_precision="bf16", output_dir=out, save_state=False)
+            adapter = AdapterConfig(algo="lokr", factor=4, full_matrix=True, train_norm=True, preset="full")
+            trainer = Trainer(model, data, adapter, cfg, device=DEVICE)
+            times: dict[float, list[float]] = {0.0: [], 0.5: []}
 
-        def step(rate: float) -> float:
-            trainer.config = dataclasses.replace(cfg, tread_rate=rate)
-            sync()
-            t0 = time.perf_counter()
-            set_lr(trainer.optimizer, trainer.step, cfg.steps, cfg.optimizer)
-            losses.append(float(trainer.backward_micro_batches()))
-            trainer.optimizer_step()
-            trainer.step += 1
-            trainer.micro_step += 1
-            sync()
-            return time.perf_counter() - t0
+            def step(rate: float) -> float:
+                trainer.config = dataclasses.replace(cfg, tread_rate=rate)
+                sync()
+                t0 = time.perf_counter()
+                set_lr(trainer.optimizer, trainer.step, cfg.steps, cfg.optimizer)
+                losses.append(float(trainer.backward_micro_batches()))
+                trainer.optimizer_step()
+                trainer.step += 1
+                trainer.micro_step += 1
+                sync()
+                return time.perf_counter() - t0
 
-        with trainer.session():
-            for rate in (0.5, 0.0, 0.5, 0.0):
-                step(rate)
-            reset_peak()
-            for i in range(args.runs):
-                for rate in (0.0, 0.5) if i % 2 else (0.5, 0.0):
-                    times[rate].append(step(rate))
-        for rate, ts in times.items():
-            rows.append({"tread": rate, "median_s": statistics.median(ts), "it_s": 1 / statistics.median(ts)})
-        RESULTS["training"] = {"rows": rows, "peak_gb": peak_gb(),
-                               "losses_finite": all(map(lambda v: v == v and abs(v) < 1e4, losses))}  # fmt: skip
-    print(f"\n### Training step: LoKr (HDM fine-tune settings), {size * 8} px, batch 1, bf16 autocast, {args.ctx} tokens\n")
-    print("| TREAD rate | median s/step | it/s | speed-up vs TREAD 0 |")
-    print("| --- | --- | --- | --- |")
+            with trainer.session():
+                for rate in (0.5, 0.0, 0.5, 0.0):
+                    step(rate)
+                reset_peak()
+                for i in range(args.runs):
+                    for rate in (0.0, 0.5) if i % 2 else (0.5, 0.0):
+                        times[rate].append(step(rate))
+                peak = peak_gb()
+                if args.profile and DEVICE == "cuda":
+                    from torch.profiler import ProfilerActivity, profile
+
+                    for rate in (0.0, 0.5):
+                        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                            wall = step(rate)
+                        events = prof.key_averages()
+                        kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+                        gpu_busy = sum(e.self_device_time_total for e in kernels) / 1e6  # kernels only, as the table's total
+                        profiles[f"batch {batch}, TREAD {rate}"] = (
+                            f"wall {wall:.3f} s, GPU kernels busy {gpu_busy:.3f} s\n"
+                            + events.table(sort_by="self_device_time_total", row_limit=12)
+                        )
+            base = statistics.median(times[0.0])
+            for rate, ts in times.items():
+                med = statistics.median(ts)
+                rows.append({"batch": batch, "tread": rate, "median_s": med, "it_s": 1 / med, "speedup": base / med, "peak_gb": peak})
+        del model, trainer
+        reset_peak()
+    RESULTS["training"] = {"rows": rows, "losses_finite": all(v == v and abs(v) < 1e4 for v in losses)}
+    print(f"\n### Training step: LoKr (HDM fine-tune settings), {size * 8} px, bf16 autocast, {args.ctx} tokens\n")
+    print("| batch | TREAD rate | median s/step | it/s | speed-up vs TREAD 0 | peak GPU memory (GB) |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['tread']} | {r['median_s']:.3f} | {r['it_s']:.2f} | {rows[0]['median_s'] / r['median_s']:.2f}× |")
-    print(f"\npeak GPU memory {RESULTS['training']['peak_gb']:.2f} GB; losses finite: {RESULTS['training']['losses_finite']}")
+        print(f"| {r['batch']} | {r['tread']} | {r['median_s']:.3f} | {r['it_s']:.2f} | {r['speedup']:.2f}× | {r['peak_gb']:.2f} |")
+    print(f"\nlosses finite: {RESULTS['training']['losses_finite']}")
+    for name, table in profiles.items():
+        print(f"\nProfile of one step, {name}: {table}")
+    RESULTS["training"]["profiles"] = profiles
 
 
 def main() -> None:
@@ -321,6 +342,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=16, help="end-to-end sampling steps")
     p.add_argument("--compile", action="store_true", help="also time torch.compile (ours per block; the reference's own)")
+    p.add_argument("--train-batches", type=int, nargs="+", default=[1, 4], help="training batch sizes")
+    p.add_argument("--profile", action="store_true", help="profile one training step per TREAD rate (top GPU ops)")
     p.add_argument("--parts", nargs="+", default=["accuracy", "speed", "e2e", "train"])
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--device", default="cuda", help=argparse.SUPPRESS)  # cpu: dry run of the script
