@@ -129,7 +129,7 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("output and runtime")
     g.add_argument("--out", "-o", default="hdm.png", help="output PNG; several images get -0000, -0001 … (default hdm.png)")
     g.add_argument("--device", default="auto", help="auto (default: cuda if available), cpu, cuda, cuda:1, mps")
-    g.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"], default="auto", help="model precision (auto: fp32 on CPU, bf16 on GPU)")
+    g.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"], default="auto", help="model precision (auto: fp16 on GPU; bf16 on CPUs with native bf16 (AMX/AVX512-BF16), else fp32)")
     g.add_argument("--tile", type=_tile, default="auto", help="VAE tiled decode: auto (images above 4 MP), none, or a tile size in latent cells")
     g.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks (GPU: faster steps after a one-time compile)")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar")

@@ -204,3 +204,5 @@ def test_default_dtype_follows_the_cpu(monkeypatch):
     assert pipeline.default_dtype(torch.device("cpu")) == torch.bfloat16
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True})
     assert pipeline.cpu_has_fast_bf16()
+    # GPUs: fp16, the dtype the reference runs the released model in (and ours is closest to fp32 in)
+    assert pipeline.default_dtype(torch.device("cuda")) == torch.float16
