@@ -376,7 +376,7 @@ def load_xut(
     ``time_emb.freqs`` buffer is kept (released files hold an fp16-rounded copy the model
     was used with); when absent it is recomputed.
     """
-    from .xut import XUT
+    from .xut import FLOAT32_PREFIXES, XUT, island_dtype
 
     sd = read_state_dict(source, allow_pickle=allow_pickle)
     prefix = find_xut_prefix(sd)
@@ -404,7 +404,7 @@ def load_xut(
     model.dtype = dtype
     loaded = {}
     for short, full in names.items():  # one tensor at a time: no second full copy in memory
-        target = torch.float32 if short in OPTIONAL_KEYS else dtype
+        target = torch.float32 if short in OPTIONAL_KEYS else island_dtype(dtype) if short.startswith(FLOAT32_PREFIXES) else dtype
         loaded[short] = sd[full].to(device=device, dtype=target)
     if "time_emb.freqs" not in loaded:
         half = config.dim // 2

@@ -107,14 +107,14 @@ class AdaLN(nn.Module):
         n = self.norm(x)
         if not torch.is_grad_enabled():
             return n.mul_(scale1).add_(shift)
-        return torch.addcmul(shift, n, scale1)
+        return torch.addcmul(shift, n, scale1).to(n.dtype)
 
 
 def gated_residual(n: torch.Tensor, out: torch.Tensor, gate1: torch.Tensor) -> torch.Tensor:
     """``n + out·(1 + gate)``; in place on the fresh sub-layer output when no graph is recorded."""
     if not torch.is_grad_enabled():
         return out.mul_(gate1).add_(n)
-    return torch.addcmul(n, out, gate1)
+    return torch.addcmul(n, out, gate1).to(n.dtype)
 
 
 class TransformerBlock(nn.Module):
@@ -175,6 +175,38 @@ class UnPatch(nn.Module):
         return x.permute(0, 5, 1, 3, 2, 4).reshape(b, c, height, width)
 
 
+def island_dtype(dtype: torch.dtype | None) -> torch.dtype:
+    """Parameter dtype of the conditioning path for a model of ``dtype``: at least float32."""
+    return torch.promote_types(dtype if dtype is not None else torch.get_default_dtype(), torch.float32)
+
+
+#: State-dict prefixes of the conditioning path, whose weights stay at least float32.
+FLOAT32_PREFIXES = ("time_emb.", "addon_info_embs_proj.", "shared_adaln_attn.", "shared_adaln_xattn.", "shared_adaln_ffw.")
+
+
+class Float32Sequential(nn.Sequential):
+    """A Sequential whose floating weights stay float32 through any cast of the model.
+
+    It holds the conditioning path (timestep and aspect projections, the shared adaLN MLPs)
+    that makes the per-channel ``1 + scale``, ``shift`` and ``1 + gate`` every block applies.
+    In bf16 their rounding (``1 + g`` to 2^-8) is systematic and shared by all blocks; keeping
+    the path in float32 cut the bf16 output error by a third (5.7% → 3.7% max-abs relative,
+    see ``benchmarks/``). It runs on one vector per sample, so the cost is the memory of its
+    weights (about 15% of the parameters) at 4 instead of 2 bytes. Device moves and casts to
+    float32/float64 apply; casts below float32 do not (the float32 values are restored exactly,
+    not rounded and widened).
+    """
+
+    def _apply(self, fn, recurse=True):
+        before = {id(p): p.data for p in self.parameters() if p.dtype in (torch.float32, torch.float64)}
+        super()._apply(fn, recurse)
+        for p in self.parameters():
+            old = before.get(id(p))
+            if old is not None and p.is_floating_point() and torch.finfo(p.dtype).bits < 32:
+                p.data = old.to(device=p.device, dtype=torch.float32)
+        return self
+
+
 class TimestepEmbedding(nn.Module):
     """``Mish(Linear(cat(cos, sin)(1000·t·freqs)))``; ``freqs`` is a persistent buffer.
 
@@ -188,7 +220,7 @@ class TimestepEmbedding(nn.Module):
         half = dim // 2
         freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32) / half)[None]
         self.register_buffer("freqs", freqs.to(device=device), persistent=True)
-        self.proj = nn.Sequential(operations.Linear(dim, dim, **_factory(dtype, device)), nn.Mish())
+        self.proj = Float32Sequential(operations.Linear(dim, dim, **_factory(island_dtype(dtype), device)), nn.Mish())
 
     def _apply(self, fn, recurse=True):
         # ``model.to(torch.bfloat16)`` would round the frequencies, shifting phases of up to
@@ -200,14 +232,15 @@ class TimestepEmbedding(nn.Module):
         return self
 
     def forward(self, t: torch.Tensor, batch: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        phase_dtype = torch.promote_types(dtype, torch.float32)
+        """``[B, 1, dim]`` embedding in at least float32 (the conditioning path's dtype)."""
+        phase_dtype = island_dtype(dtype)
         t = t.to(device, phase_dtype).reshape(-1, 1)
         if t.shape[0] == 1 and batch != 1:
             t = t.expand(batch, 1)
         if t.shape[0] != batch:
             raise ValueError(f"got {t.shape[0]} timesteps for a batch of {batch}")
         phase = (t * 1000) * self.freqs.to(device, phase_dtype)
-        emb = torch.cat([phase.cos(), phase.sin()], dim=-1).to(dtype)
+        emb = torch.cat([phase.cos(), phase.sin()], dim=-1)
         return self.proj(emb)[:, None, :]
 
 
@@ -236,8 +269,8 @@ class Backbone(nn.Module):
 
 
 def _adaln_mlp(dim, operations, dtype=None, device=None) -> nn.Sequential:
-    kw = _factory(dtype, device)
-    return nn.Sequential(
+    kw = _factory(island_dtype(dtype), device)
+    return Float32Sequential(
         operations.LayerNorm(dim, eps=1e-5, **kw),
         operations.Linear(dim, 4 * dim, **kw),
         nn.Mish(),
@@ -272,10 +305,11 @@ class XUT(nn.Module):
         self.in_patch = PatchEmbed(cfg.patch_size, cfg.input_dim, cfg.dim, operations, **kw)
         self.time_emb = TimestepEmbedding(cfg.dim, operations, **kw)
         if cfg.addon_info_embs_dim:
-            self.addon_info_embs_proj = nn.Sequential(
-                operations.Linear(cfg.addon_info_embs_dim, cfg.dim, **kw),
+            kw32 = _factory(island_dtype(dtype), device)
+            self.addon_info_embs_proj = Float32Sequential(
+                operations.Linear(cfg.addon_info_embs_dim, cfg.dim, **kw32),
                 nn.Mish(),
-                operations.Linear(cfg.dim, cfg.dim, **kw),
+                operations.Linear(cfg.dim, cfg.dim, **kw32),
             )
         else:
             self.addon_info_embs_proj = None
@@ -470,7 +504,7 @@ class XUT(nn.Module):
                 raise ValueError(f"this XUT needs addon_info with {self.config.addon_info_embs_dim} values per sample")
             if not torch.is_tensor(addon_info):
                 addon_info = torch.tensor([[float(addon_info)]])
-            addon_info = addon_info.to(device, dtype).reshape(-1, self.config.addon_info_embs_dim)
+            addon_info = addon_info.to(device, cond.dtype).reshape(-1, self.config.addon_info_embs_dim)
             cond = cond + self.addon_info_embs_proj(addon_info).expand(b, -1)[:, None, :]
         mods = {
             name: tuple(m(cond).chunk(3, dim=-1))
@@ -480,7 +514,8 @@ class XUT(nn.Module):
                 ("ffw", self.shared_adaln_ffw),
             )
         }
-        # Precompute 1 + scale and 1 + gate once; every block shares them.
+        # Precompute 1 + scale and 1 + gate once; every block shares them (at least float32:
+        # see Float32Sequential; in-place inference ops keep the stream in the model dtype).
         mods = {k: (1 + s, sh, 1 + g) for k, (s, sh, g) in mods.items()}
 
         if ctx is None:

@@ -220,3 +220,43 @@ def test_compile_blocks_keeps_names_and_outputs():
     with torch.no_grad():
         for c in (ctx, ctx[:, :3]):  # a second prompt length must work too
             torch.testing.assert_close(compiled(x, t, c), eager(x, t, c), rtol=1e-5, atol=1e-5)
+
+
+def test_conditioning_path_stays_float32_through_casts_and_loading(tmp_path):
+    """The timestep/aspect projections and shared adaLN MLPs keep float32 weights (bit-exact) in a
+    bf16 model, whether cast with ``.to`` or loaded from a bf16 file; everything else is bf16."""
+    from safetensors.torch import save_file
+
+    from hdm_core.testing import tiny_xut
+    from hdm_core.xut import FLOAT32_PREFIXES
+
+    model = tiny_xut(1).eval()
+    fp32 = {k: v.clone() for k, v in model.state_dict().items()}
+    half = model.to(torch.bfloat16)
+    assert any(k.startswith(FLOAT32_PREFIXES) for k in fp32)
+    for k, v in half.state_dict().items():
+        if k.startswith(FLOAT32_PREFIXES):
+            assert v.dtype == torch.float32 and torch.equal(v, fp32[k]), k
+        else:
+            assert v.dtype == torch.bfloat16, k
+    assert all(v.dtype == torch.float64 for k, v in tiny_xut(1).double().state_dict().items() if k != "time_emb.freqs")
+
+    save_file({k: v.to(torch.bfloat16).contiguous() for k, v in fp32.items()}, tmp_path / "bf16.safetensors")
+    loaded = load_xut(tmp_path / "bf16.safetensors")
+    assert loaded.dtype == torch.bfloat16
+    for k, v in loaded.state_dict().items():
+        want = torch.float32 if k.startswith(FLOAT32_PREFIXES) or k == "time_emb.freqs" else torch.bfloat16
+        assert v.dtype == want, k
+
+    # bf16 forwards run in inference and with autograd (the stream stays bf16), close to fp32
+    gen = torch.Generator().manual_seed(0)
+    x, ctx = torch.randn(2, 4, 8, 8, generator=gen), torch.randn(2, 5, model.config.ctx_dim, generator=gen)
+    t = torch.tensor([0.3, 0.8])
+    with torch.no_grad():
+        want = tiny_xut(1).eval()(x, t, ctx)
+        got = half(x.bfloat16(), t, ctx.bfloat16())
+    assert got.dtype == torch.bfloat16
+    assert (got.float() - want).abs().max() / want.abs().max() < 0.05
+    out = half(x.bfloat16().requires_grad_(), t, ctx.bfloat16())
+    assert out.dtype == torch.bfloat16
+    out.float().square().mean().backward()
