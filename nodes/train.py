@@ -88,6 +88,8 @@ MISSING_CAPTIONS = ["error", "empty"]
 ENCODE_CHUNK = 4
 #: Seconds between progress-text updates (the last step is always reported).
 TEXT_INTERVAL = 0.5
+#: Characters no file name may hold on some system ComfyUI runs on (Windows, mostly).
+FORBIDDEN_NAME_CHARS = frozenset('<>:"|?*')
 
 
 class TrainNodeError(ValueError):
@@ -160,10 +162,11 @@ def split_save_name(save_name: str) -> tuple[list[str], str]:
     if name.lower().endswith(".safetensors"):
         name = name[: -len(".safetensors")]
     parts = name.split("/")
-    if not name or os.path.isabs(name) or ":" in name or any(p in ("", ".", "..") for p in parts):
+    bad_chars = any(c in FORBIDDEN_NAME_CHARS or ord(c) < 32 for c in name)
+    if not name or os.path.isabs(name) or bad_chars or any(p.strip() in ("", ".", "..") or p != p.rstrip(". ") for p in parts):
         raise _fail(
             f"save_name must be a file name, optionally inside sub-folders of models/loras (e.g. 'hdm/my_style'), "
-            f"not {save_name!r}"
+            f"without {' '.join(sorted(FORBIDDEN_NAME_CHARS))}, '..' or a trailing dot or space; not {save_name!r}"
         )
     return parts[:-1], parts[-1]
 
@@ -571,7 +574,8 @@ class HDMTrainLyCORIS:
 
         saved = result.adapter_path
         name = lora_list_name(root, saved) if saved is not None else None
-        if result.status == "interrupted":
+        if result.status == "interrupted" or (result.status == "completed" and progress.interrupted):
+            # (a cancel during the last step still ends the prompt as cancelled; the adapter is saved either way)
             where = f"the adapter trained so far (step {result.step}) is saved as {name}" if name else "nothing was saved"
             progress.text(f"interrupted at step {result.step} of {config.steps}: {where}", force=True)
             log.info("%s: interrupted at step %d; %s", NODE, result.step, where)
