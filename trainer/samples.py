@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from hdm_core.images import save_png
-from hdm_core.pipeline import GenerationParams, guidance_kwargs, initial_noise, sample_latents, tread_generator
+from hdm_core.pipeline import GenerationParams, guidance_kwargs, initial_noise, sample_latents
 
 from .config import SampleSection
 from .encoders import Encoders
@@ -83,7 +83,7 @@ def make_sampler(
         for i, (p, ctx) in enumerate(zip(params, contexts)):
             guided = p.cfg != 1.0  # at CFG 1 the negative pass cancels out (as in the pipeline)
             cond, uncond = guidance_kwargs(
-                ctx[None].to(device, input_dtype), negative[None].to(device, input_dtype), p, device, tread_generator(p.seed)
+                ctx[None].to(device, input_dtype), negative[None].to(device, input_dtype), p, device
             )
             noise = initial_noise(1, p.width, p.height, p.seed, device=device)
             with _eval_mode(model), torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
