@@ -15,8 +15,9 @@ normal prompts:
    the way Checkpoint Save reads them, so LoRAs already applied to the MODEL are part of
    the base — into a private float32 ``hdm_core`` XUT made of normal (non-inference)
    tensors with PyTorch attention (which has a backward pass, unlike some of ComfyUI's
-   kernels). The shared model is only read: never patched, never given to autograd, so
-   nothing can leave it modified, whatever happens during training.
+   kernels). The shared model is only loaded (as for sampling) and read: the node never
+   patches it or gives it to autograd, so nothing can leave it modified, whatever happens
+   during training (tests/test_comfy_train_node.py checks its weights bit for bit).
 4. **Train** after freeing the device (other models are unloaded, as ComfyUI's own Train
    LoRA node does; the next prompt loads them again), then drop the copy.
 5. **Save** into ``models/loras`` under a name no earlier file uses (LoraLoader caches
