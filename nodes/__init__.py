@@ -3,6 +3,7 @@
 from .conditioning import HDMCamera, HDMTextEncode, HDMTreadGuidance
 from .loaders import HDMCheckpointLoader, HDMTextEncoderLoader
 from .sampler import HDMSampler
+from .train import HDMTrainLyCORIS
 from .tipo import NODE_CLASS_MAPPINGS as _TIPO_NODES, NODE_DISPLAY_NAME_MAPPINGS as _TIPO_NAMES
 from .vae import HDMVAEDecode
 
@@ -14,6 +15,7 @@ NODE_CLASS_MAPPINGS: dict[str, type] = {
     "HDMTreadGuidance": HDMTreadGuidance,
     "HDMSampler": HDMSampler,
     "HDMVAEDecode": HDMVAEDecode,
+    "HDMTrainLyCORIS": HDMTrainLyCORIS,
     **_TIPO_NODES,
 }
 
@@ -25,5 +27,6 @@ NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
     "HDMTreadGuidance": "HDM TREAD Guidance",
     "HDMSampler": "HDM Sampler",
     "HDMVAEDecode": "HDM VAE Decode",
+    "HDMTrainLyCORIS": "HDM Train LyCORIS",
     **_TIPO_NAMES,
 }

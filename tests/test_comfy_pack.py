@@ -29,6 +29,7 @@ EXPECTED_NODES = {
     "HDMTreadGuidance": "HDM TREAD Guidance",
     "HDMSampler": "HDM Sampler",
     "HDMVAEDecode": "HDM VAE Decode",
+    "HDMTrainLyCORIS": "HDM Train LyCORIS",
     "HDMTipoPrompt": "HDM TIPO Prompt",
     "HDMPromptFormat": "HDM Prompt Format",
 }

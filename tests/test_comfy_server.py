@@ -146,7 +146,7 @@ def server(comfyui_path):
 
 def test_server_lists_hdm_nodes_with_tooltips_and_templates(server):
     info = server.get("/object_info")
-    for node_id in ("HDMCheckpointLoader", "HDMTextEncoderLoader", "HDMTextEncode", "HDMCamera", "HDMTreadGuidance", "HDMSampler", "HDMVAEDecode"):
+    for node_id in ("HDMCheckpointLoader", "HDMTextEncoderLoader", "HDMTextEncode", "HDMCamera", "HDMTreadGuidance", "HDMSampler", "HDMVAEDecode", "HDMTrainLyCORIS"):
         node = info[node_id]
         assert node["category"] == "HDM" and node["display_name"].startswith("HDM")
         for name, spec in node["input"]["required"].items():
@@ -154,7 +154,7 @@ def test_server_lists_hdm_nodes_with_tooltips_and_templates(server):
     assert H.CKPT_NAME in info["HDMCheckpointLoader"]["input"]["required"]["ckpt_name"][0]
     templates = server.get("/workflow_templates")
     shipped = sorted(p.stem for p in H.WORKFLOWS.glob("*.json"))  # the UI workflows; workflows/api/ is not listed
-    assert {"hdm_lora", "hdm_sampler_camera_tread", "hdm_tipo", "hdm_txt2img_ksampler"} <= set(shipped)
+    assert {"hdm_lora", "hdm_sampler_camera_tread", "hdm_tipo", "hdm_txt2img_ksampler", "hdm_train_lycoris"} <= set(shipped)
     assert sorted(templates.get(PACK_DIR_NAME, [])) == shipped
 
 

@@ -13,7 +13,10 @@ aspect values (:class:`Batch`). Where they come from is pluggable:
   is called as ``encode_images(pixels, seeds=[...])`` with one seed per image, so its draws
   are reproducible like every other random choice here.
 * :class:`LatentData` takes latents and contexts that are already computed (e.g. a
-  ComfyUI LATENT and its conditioning).
+  ComfyUI LATENT and its conditioning). :meth:`ImageFolderData.encode_all` turns an image
+  dataset into one (every image and caption encoded once), so training can run with the
+  encoders unloaded — what the ComfyUI node does. Records may also hold in-memory images
+  (:func:`image_records`, e.g. a ComfyUI IMAGE batch) instead of files.
 
 Randomness (crop offsets, caption augmentation) comes from a ``random.Random`` the engine
 derives from the sample's key, so it is reproducible and identical across data-parallel
@@ -30,7 +33,7 @@ import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 
@@ -38,7 +41,7 @@ from ..checkpoint import read_state_dict, save_safetensors
 from ..latents import LATENT_CHANNELS, VAE_SCALE, normalize
 from ..positions import axial_grid
 from .buckets import BucketConfig, CropPlan, crop_positions, make_buckets, plan_crop, target_size
-from .captions import CaptionConfig, process_caption
+from .captions import CaptionConfig, clean_caption, process_caption
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 _REPEAT_DIR = re.compile(r"^(\d+)_(.+)$")
@@ -156,11 +159,15 @@ class DiskCache:
 # --------------------------------------------------------------------------- image folders
 @dataclass(frozen=True)
 class ImageRecord:
+    """One image of a dataset: its file (or, with ``image`` set, an in-memory PIL image whose
+    ``path`` only names it in messages), caption, repeat count and size in pixels."""
+
     path: Path
     caption: str
     repeats: int
     width: int
     height: int
+    image: Any = field(default=None, compare=False, repr=False)
 
 
 def _read_caption(path: Path) -> str:
@@ -242,20 +249,47 @@ def scan_image_folder(
     return records
 
 
-def load_image(path: Path, plan: CropPlan) -> torch.Tensor:
-    """RGB pixels ``[3, h, w]`` in [-1, 1]: resized (bicubic) to ``plan.resized``, cropped."""
+def image_records(images: Sequence[Any], captions: Sequence[str], *, name: str = "image") -> list[ImageRecord]:
+    """Records for in-memory PIL images (one caption each), e.g. a ComfyUI IMAGE batch.
+
+    Their ``path`` is a label (``<image 3>``) for messages; they cannot use the latent cache.
+    """
+    if len(images) != len(captions):
+        raise DatasetError(f"got {len(images)} images but {len(captions)} captions; give one caption per image")
+    if not images:
+        raise DatasetError("no images were given")
+    return [
+        ImageRecord(Path(f"<{name} {i}>"), caption, 1, img.width, img.height, image=img)
+        for i, (img, caption) in enumerate(zip(images, captions))
+    ]
+
+
+def fit_image(img: Any, plan: CropPlan) -> torch.Tensor:
+    """A PIL image as RGB pixels ``[3, h, w]`` in [-1, 1]: resized (bicubic) to ``plan.resized``, cropped."""
     from PIL import Image
 
-    try:
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-            img = img.resize(plan.resized, Image.BICUBIC)
-    except OSError as exc:
-        raise DatasetError(f"{path}: cannot decode this image ({exc}); remove it or replace it with a valid file") from exc
+    img = img.convert("RGB").resize(plan.resized, Image.BICUBIC)
     (cw, ch) = plan.size
     img = img.crop((plan.left, plan.top, plan.left + cw, plan.top + ch))
     data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(ch, cw, 3)
     return data.permute(2, 0, 1).float().div(127.5).sub(1.0)
+
+
+def load_image(path: Path, plan: CropPlan) -> torch.Tensor:
+    """An image file as RGB pixels ``[3, h, w]`` in [-1, 1] (see :func:`fit_image`)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return fit_image(img, plan)
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot decode this image ({exc}); remove it or replace it with a valid file") from exc
+
+
+def record_pixels(record: ImageRecord, plan: CropPlan) -> torch.Tensor:
+    """The pixels of a record (its in-memory image, else its file) for ``plan``."""
+    return fit_image(record.image, plan) if record.image is not None else load_image(record.path, plan)
 
 
 class ImageFolderData:
@@ -265,6 +299,9 @@ class ImageFolderData:
     changes whenever their output would, e.g. a hash of the weights); caching is only
     allowed for encoders that have one. With a latent cache, each image's crop offset is
     drawn once per image (not per visit), so every visit reuses one cached latent.
+    ``normalize_latents`` maps the image encoder's VAE latents to the model's space
+    (default :func:`hdm_core.latents.normalize`; ComfyUI passes the model's
+    ``latent_format.process_in``).
     """
 
     def __init__(
@@ -279,10 +316,14 @@ class ImageFolderData:
         cache_latents: bool = False,
         cache_text: bool = False,
         seed: int = 0,
+        normalize_latents: Callable[[torch.Tensor], torch.Tensor] = normalize,
     ) -> None:
         if not records:
             raise DatasetError("the dataset is empty")
         self.records = list(records)
+        if cache_latents and any(r.image is not None for r in self.records):
+            raise DatasetError("in-memory images cannot use the latent cache (it is keyed by file); turn cache_latents off")
+        self.normalize_latents = normalize_latents
         self.image_encoder = image_encoder
         self.text_encoder = text_encoder
         self.bucket_cfg = buckets
@@ -316,8 +357,12 @@ class ImageFolderData:
     def crop_plan(self, index: int, rng: random.Random) -> CropPlan:
         rec = self.records[index]
         if self.cache_latents:  # one crop per image, so the cached latent is reused
-            rng = random.Random(DiskCache.key("crop", self.seed, index))
+            rng = self._fixed_crop_rng(index)
         return plan_crop(rec.width, rec.height, self.sizes[index], self.bucket_cfg, rng)
+
+    def _fixed_crop_rng(self, index: int) -> random.Random:
+        """The generator of an image's one crop (latent cache, :meth:`encode_all`)."""
+        return random.Random(DiskCache.key("crop", self.seed, index))
 
     def _latent_key(self, index: int, plan: CropPlan) -> str:
         rec = self.records[index]
@@ -357,7 +402,7 @@ class ImageFolderData:
                     f"{self.records[indices[todo[0]]].path}: no cached latent and no VAE to encode it; "
                     "configure a VAE (image encoder) or pre-fill the latent cache"
                 )
-            pixels = torch.stack([load_image(self.records[indices[j]].path, plans[j]) for j in todo])
+            pixels = torch.stack([record_pixels(self.records[indices[j]], plans[j]) for j in todo])
             kwargs = {}
             if getattr(self.image_encoder, "stochastic", False):
                 kwargs["seeds"] = [
@@ -365,7 +410,7 @@ class ImageFolderData:
                 ]
             with torch.no_grad():
                 lat = self.image_encoder(pixels, **kwargs)
-            lat = normalize(lat.detach().float().cpu())
+            lat = self.normalize_latents(lat.detach().float().cpu()).float()
             h, w = plans[todo[0]].latent_hw
             if lat.shape != (len(todo), LATENT_CHANNELS, h, w):
                 raise DatasetError(
@@ -411,6 +456,61 @@ class ImageFolderData:
         pos = torch.stack([crop_positions(p) for p in plans])
         addon = torch.tensor([[p.addon_info] for p in plans], dtype=torch.float32)
         return Batch(latents, ctx, mask, pos, addon, captions)
+
+    def encode_all(
+        self,
+        *,
+        batch_size: int = 4,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> "LatentData":
+        """Every image and caption encoded once, as a :class:`LatentData` to train from.
+
+        For front-ends that must not run the encoders during training (ComfyUI would swap
+        models in and out of the GPU under the training model). Each image gets one crop,
+        drawn from ``seed`` and its index (the latent cache's rule), with its position map
+        and aspect value; each caption is used as written (:func:`captions.clean_caption`:
+        ``|||``/``%%`` resolved, no shuffle or dropout — a caption config that augments is
+        refused, since one encoding per image cannot carry it). Images of one size are
+        encoded together, ``batch_size`` at a time; equal captions are encoded once.
+        ``progress(done, total)`` is called after each chunk of images.
+        """
+        if self.caption_cfg.is_random:
+            raise DatasetError(
+                "encode_all encodes each caption once, so caption augmentation (tag shuffle or dropout) cannot apply; "
+                "turn it off, or train from this dataset directly (captions re-encoded every step)"
+            )
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        n = len(self.records)
+        plans = [plan_crop(r.width, r.height, self.sizes[i], self.bucket_cfg, self._fixed_crop_rng(i)) for i, r in enumerate(self.records)]
+        latents: list[torch.Tensor | None] = [None] * n
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, plan in enumerate(plans):
+            by_size.setdefault(plan.size, []).append(i)
+        done = 0
+        for size in sorted(by_size):
+            group = by_size[size]
+            for k in range(0, len(group), batch_size):
+                chunk = group[k : k + batch_size]
+                for i, z in zip(chunk, self.encode_latents(chunk, [plans[i] for i in chunk])):
+                    latents[i] = z
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, n)
+        captions = [clean_caption(r.caption, self.caption_cfg) for r in self.records]
+        unique = sorted(set(captions))
+        encoded: dict[str, torch.Tensor] = {}
+        for k in range(0, len(unique), batch_size):
+            chunk = unique[k : k + batch_size]
+            encoded.update(zip(chunk, self.encode_captions(chunk)))
+        return LatentData(
+            latents,  # type: ignore[arg-type]
+            [encoded[c] for c in captions],
+            pos_maps=[crop_positions(p) for p in plans],
+            addon_info=[p.addon_info for p in plans],
+            repeats=[r.repeats for r in self.records],
+            captions=captions,
+        )
 
     def precache(self, *, rank: int = 0, world: int = 1, progress: Callable[[int, int], None] | None = None) -> None:
         """Fill the latent cache (and the text cache when captions are not augmented).

@@ -210,3 +210,66 @@ def test_stochastic_encoders_get_reproducible_per_image_seeds(tmp_path, si):
     fresh = make(True, DiskCache(tmp_path / "c2"))  # an empty cache draws the very same samples
     fresh.precache()
     torch.testing.assert_close(fresh.batch([0, 1], [random.Random(8), random.Random(8)]).latents, first.latents, rtol=0, atol=0)
+
+
+def test_encode_all_encodes_each_image_and_caption_once(tmp_path, si):
+    """One crop per image (the latent cache's rule), captions as written, equal captions encoded once."""
+    from hdm_core.train.buckets import crop_positions
+
+    si.write_image_folder(tmp_path / "ds", [(64, 64), (96, 64), (64, 64)])
+    si.write_image_folder(tmp_path / "ds" / "2_more", [(64, 80)], seed=3)
+    (tmp_path / "ds" / "img002.txt").write_text("1girl ||| smile %% sky")
+    (tmp_path / "ds" / "2_more" / "img000.txt").write_text("1girl ||| smile %% sky")
+    records = scan_image_folder(tmp_path / "ds")
+    vae, te = _Counting(si.TinyVAE()), _Counting(si.TinyTextEncoder())
+    data = ImageFolderData(
+        records, image_encoder=vae, text_encoder=te, buckets=BucketConfig(mode="square", resolution=48),
+        captions=CaptionConfig(shuffle_tags=False), seed=5,
+    )  # fmt: skip
+    seen = []
+    encoded = data.encode_all(batch_size=2, progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(2, 4), (4, 4)] and vae.n == 2  # one size (48x48 squares): two chunks of two
+    assert te.n == 2  # 3 distinct captions in chunks of 2
+    assert len(encoded) == 4 and [encoded.repeats(i) for i in range(4)] == [1, 1, 1, 2]
+    assert encoded.captions[2] == encoded.captions[3] == "1girl, smile, sky"
+    assert torch.equal(encoded.contexts[2], encoded.contexts[3])
+    for i, rec in enumerate(records):
+        plan = data.crop_plan(i, data._fixed_crop_rng(i))
+        ref = normalize(si.TinyVAE().encode(load_image(rec.path, plan)[None]))[0]
+        torch.testing.assert_close(encoded.latents[i], ref, rtol=0, atol=1e-6)
+        assert torch.equal(encoded.pos_maps[i], crop_positions(plan))
+        assert encoded.addon[i] == pytest.approx(plan.addon_info)
+    assert records[1].width == 96 and encoded.addon[1] == pytest.approx(torch.tensor(96 / 64).log().item(), abs=0.02)
+    # the crop depends on the seed (square crops of a 96x64 image can start anywhere along x)
+    lefts = set()
+    for seed in range(8):
+        d = ImageFolderData(records, image_encoder=None, text_encoder=None, buckets=data.bucket_cfg, seed=seed)
+        lefts.add(d.crop_plan(1, d._fixed_crop_rng(1)).left)
+    assert len(lefts) > 1
+
+
+def test_encode_all_refuses_caption_augmentation_and_in_memory_images_match_files(tmp_path, si):
+    from PIL import Image
+
+    from hdm_core.train.data import image_records
+
+    paths = si.write_image_folder(tmp_path / "ds", [(64, 64), (64, 48)])
+    records = scan_image_folder(tmp_path / "ds")
+    with pytest.raises(DatasetError, match="caption augmentation"):
+        ImageFolderData(records, image_encoder=si.TinyVAE(), text_encoder=si.TinyTextEncoder()).encode_all()
+    kw = dict(image_encoder=si.TinyVAE(), text_encoder=si.TinyTextEncoder(), buckets=BucketConfig(resolution=64),
+              captions=CaptionConfig(shuffle_tags=False))
+    from_files = ImageFolderData(records, **kw).encode_all()
+    images = [Image.open(p).convert("RGB") for p in paths]
+    in_memory = image_records(images, [r.caption for r in records])
+    assert in_memory[1].path.name == "<image 1>" and (in_memory[1].width, in_memory[1].height) == (64, 48)
+    from_memory = ImageFolderData(in_memory, **kw).encode_all()
+    for a, b in zip(from_files.latents + from_files.contexts + from_files.pos_maps, from_memory.latents + from_memory.contexts + from_memory.pos_maps):
+        assert torch.equal(a, b)
+    with pytest.raises(DatasetError, match="got 2 images but 1 captions"):
+        image_records(images, ["x"])
+    with pytest.raises(DatasetError, match="in-memory images cannot use the latent cache"):
+        ImageFolderData(in_memory, cache=DiskCache(tmp_path / "c"), cache_latents=True, **{**kw, "image_encoder": si.TinyVAE()})
+    # a custom latent normalisation (ComfyUI: the model's latent_format.process_in) is applied
+    doubled = ImageFolderData(records, normalize_latents=lambda z: 2 * normalize(z), **kw).encode_all()
+    assert torch.allclose(doubled.latents[0], 2 * from_files.latents[0])
