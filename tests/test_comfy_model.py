@@ -160,8 +160,13 @@ def test_every_weight_is_cast_by_comfy_ops_and_manual_cast_matches_hdm_core(cui,
         with torch.no_grad():
             got = dm(x, t, context=ctx, transformer_options={})
         assert got.dtype == torch.float32
-        # time_emb.freqs stays float32 through the cast (hdm_core keeps phase frequencies exact).
-        rounded = {k: v if k == "time_emb.freqs" else v.bfloat16().float() for k, v in cui.xut_sd.items()}
+        # time_emb.freqs and the conditioning path (hdm_core.xut.FLOAT32_PREFIXES) stay float32
+        # through the cast; every other weight is rounded to bf16.
+        from hdm_core.xut import FLOAT32_PREFIXES
+
+        exact = lambda k: k == "time_emb.freqs" or k.startswith(FLOAT32_PREFIXES)  # noqa: E731
+        assert all(dm.state_dict()[k].dtype == torch.float32 for k in cui.xut_sd if exact(k))
+        rounded = {k: v if exact(k) else v.bfloat16().float() for k, v in cui.xut_sd.items()}
         ref_model = hdm_core.load_xut(rounded, dtype=torch.float32)
         ref = ref_model(x, t, ctx, pos_map=hdm_core.camera_pos_map(8, 8)[None])
         torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
