@@ -92,7 +92,7 @@ def run_headless(args, paths) -> tuple[dict, object]:
     sys.path.insert(0, str(REPO))
     import torch
 
-    from hdm_core.pipeline import GenerationParams, HDMPipeline, guidance_kwargs, initial_noise, sample_latents, tread_generator
+    from hdm_core.pipeline import GenerationParams, HDMPipeline, guidance_kwargs, initial_noise, sample_latents
 
     timer = Timer()
     dtype = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
@@ -106,7 +106,7 @@ def run_headless(args, paths) -> tuple[dict, object]:
             ctx, neg = pipe.encode_prompt(PROMPT), pipe.encode_prompt(NEGATIVE)
         with timer("sampling"):
             noise = initial_noise(1, args.size, args.size, args.seed)
-            cond, uncond = guidance_kwargs(ctx, neg, params, pipe.device, tread_generator(args.seed))
+            cond, uncond = guidance_kwargs(ctx, neg, params, pipe.device)
             latents = sample_latents(pipe.xut, noise, cond, uncond, params)
         with timer("VAE decode"):
             image = pipe.decode(latents)[0]
