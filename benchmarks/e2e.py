@@ -103,7 +103,8 @@ def run_headless(args, paths) -> tuple[dict, object]:
                               tread_gamma=0.0, tread_gamma_uncond=0.0)
     with torch.inference_mode():
         with timer("text encode"):
-            ctx, neg = pipe.encode_prompt(PROMPT), pipe.encode_prompt(NEGATIVE)
+            ctx, neg = pipe.encode_contexts(params)
+        pipe.release_text_encoder()  # as `python -m hdm_core generate` does before sampling
         with timer("sampling"):
             noise = initial_noise(1, args.size, args.size, args.seed)
             cond, uncond = guidance_kwargs(ctx, neg, params, pipe.device)

@@ -220,13 +220,20 @@ def run_generate(args: argparse.Namespace) -> int:
     if args.compile:
         pipe.xut.compile_blocks()
 
-    saved = []
-    n_runs = len(prompts) * args.batch_count
-    run = 0
+    # Every prompt is expanded and encoded first, then the text encoder is freed: it is the
+    # largest model in float32, and sampling + decoding a 1024² image need the room.
+    jobs = []
     for prompt in prompts:
         used = prompt
         for hook in PROMPT_HOOKS:
             used = hook(used, build_params(args, used, base_seed), args)
+        jobs.append((prompt, used, pipe.encode_contexts(build_params(args, used, base_seed))))
+    pipe.release_text_encoder()
+
+    saved = []
+    n_runs = len(prompts) * args.batch_count
+    run = 0
+    for prompt, used, contexts in jobs:
         for k in range(args.batch_count):
             run += 1
             seed = (base_seed + k) % 2**64
@@ -234,7 +241,7 @@ def run_generate(args: argparse.Namespace) -> int:
             if used != prompt:
                 params = replace(params, extra={"prompt_original": prompt})
             bar = _progress(args.steps, f"[{run}/{n_runs}] seed {seed}", args.quiet)
-            latents = pipe.sample(params, callback=lambda i, t, x, x0: bar.update(1))
+            latents = pipe.sample(params, callback=lambda i, t, x, x0: bar.update(1), contexts=contexts)
             bar.close()
             tile = auto_tile(args.width, args.height) if args.tile == "auto" else args.tile
             images = pipe.decode(latents, tile=tile)

@@ -14,6 +14,7 @@ Each step is a small public function (:func:`latent_size`, :func:`initial_noise`
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 from collections.abc import Mapping
@@ -257,17 +258,50 @@ class HDMPipeline:
 
     def encode_prompt(self, prompt: str, batch: int = 1) -> torch.Tensor:
         """``[batch, T, 1024]`` context of one prompt (identical rows, so no padding is involved)."""
-        ctx = self.text_encoder.encode([prompt])
+        if self.text_encoder is None:
+            raise RuntimeError(
+                "the text encoder was released (release_text_encoder()); encode every prompt first "
+                "(encode_contexts) and pass the contexts to sample(), or load the pipeline again"
+            )
+        with torch.inference_mode():
+            ctx = self.text_encoder.encode([prompt])
         return ctx.to(self.device, self.dtype).expand(batch, -1, -1)
 
-    def sample(self, params: GenerationParams, callback: StepCallback | None = None) -> torch.Tensor:
-        """Normalised latents ``[B, 4, H/8, W/8]`` (float32) for ``params``."""
+    def encode_contexts(self, params: GenerationParams) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``(prompt, negative)`` contexts :meth:`sample` needs for ``params``.
+
+        At CFG 1 the negative pass cancels out and is skipped, so the prompt's context stands in.
+        """
+        b = params.batch_size
+        ctx = self.encode_prompt(params.prompt, b)
+        return ctx, (self.encode_prompt(params.negative, b) if params.cfg != 1.0 else ctx)
+
+    def release_text_encoder(self) -> None:
+        """Drop the text encoder once every prompt is encoded.
+
+        Qwen3-0.6B is the largest model here in float32 (2.4 GB); freeing it before sampling is
+        what keeps a 1024² generation on a CPU inside 8 GB (``benchmarks/e2e.py``).
+        """
+        self.text_encoder = None
+        gc.collect()
+
+    def sample(
+        self,
+        params: GenerationParams,
+        callback: StepCallback | None = None,
+        contexts: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Normalised latents ``[B, 4, H/8, W/8]`` (float32) for ``params``.
+
+        ``contexts`` = :meth:`encode_contexts`'s result, when the prompts were encoded ahead.
+        """
         params.validate()
         b = params.batch_size
+        ctx, neg = contexts if contexts is not None else self.encode_contexts(params)
+        if ctx.shape[0] != b or neg.shape[0] != b:
+            raise ValueError(f"contexts hold {ctx.shape[0]}/{neg.shape[0]} rows for a batch of {b}; use encode_contexts(params)")
+        guided = params.cfg != 1.0  # at CFG 1 the negative pass cancels out: skip it
         with torch.inference_mode():
-            ctx = self.encode_prompt(params.prompt, b)
-            guided = params.cfg != 1.0  # at CFG 1 the negative pass cancels out: skip it
-            neg = self.encode_prompt(params.negative, b) if guided else ctx
             noise = initial_noise(b, params.width, params.height, params.seed, device=self.device)
             cond, uncond = guidance_kwargs(ctx, neg, params, self.device)
             return sample_latents(self.xut, noise, cond, uncond if guided else None, params, callback)

@@ -88,14 +88,31 @@ def comfy_attention_fn(q, k, v, *, mask=None, transformer_options=None):
 
     ``q, k, v`` ``[B, H, N, D]`` → ``[B, N, H·D]``. The kernel is looked up at call time, so
     whatever ComfyUI selected at startup (sage, flash, xformers, PyTorch, split) and any
-    ``optimized_attention_override`` in ``transformer_options`` applies. hdm_core's boolean
+    ``optimized_attention_override`` in ``transformer_options`` applies — except that on the CPU
+    ComfyUI's default sub-quadratic fallback is replaced by PyTorch SDPA (:func:`cpu_fallback_kernel`). hdm_core's boolean
     key mask (True = attend) becomes the additive mask every ComfyUI backend accepts.
     """
     if mask is not None and mask.dtype == torch.bool:
         mask = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, torch.finfo(q.dtype).min)
-    return comfy_attention.optimized_attention(
+    kernel = comfy_attention.optimized_attention
+    if q.device.type == "cpu" and cpu_fallback_kernel(kernel):
+        kernel = comfy_attention.attention_pytorch
+    return kernel(
         q, k, v, q.shape[1], mask=mask, skip_reshape=True, transformer_options=transformer_options if transformer_options is not None else {}
     )
+
+
+def cpu_fallback_kernel(kernel) -> bool:
+    """Whether ``kernel`` is the sub-quadratic fallback ComfyUI picks when nothing else is set.
+
+    ComfyUI chooses it for CPUs (and old GPUs) unless told otherwise; on a CPU PyTorch's own
+    SDPA is exact, as memory-frugal (tiled) and much faster — HDM's sampling step in ComfyUI
+    goes from 16.0 to ~11.8 s at 512 px (``benchmarks/e2e.py``). A user who asked for it with
+    ``--use-quad-cross-attention`` keeps it.
+    """
+    from comfy.cli_args import args
+
+    return kernel is comfy_attention.attention_sub_quad and not getattr(args, "use_quad_cross_attention", False)
 
 
 # ----------------------------------------------------------------------------- TREAD routing

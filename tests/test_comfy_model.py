@@ -305,3 +305,38 @@ def test_stock_checkpoint_save_round_trips_through_the_hdm_loader(cui):
     torch.testing.assert_close(b[1].encode_from_tokens(b[1].tokenize(tokens)), a[1].encode_from_tokens(a[1].tokenize(tokens)), rtol=0, atol=0)
     z = torch.randn(1, 4, 8, 8)
     torch.testing.assert_close(b[2].decode(z), a[2].decode(z), rtol=0, atol=0)
+
+
+def test_cpu_uses_pytorch_sdpa_instead_of_comfys_sub_quadratic_fallback(cui, loaded, monkeypatch):
+    """On the CPU ComfyUI's default is its sub-quadratic fallback; HDM runs PyTorch SDPA instead
+    (exact, ~1.35x faster sampling), unless the user asked for it with --use-quad-cross-attention."""
+    import comfy.cli_args
+    import comfy.ldm.modules.attention as attn
+
+    dm = loaded[0].model.diffusion_model
+    x, t, ctx = torch.randn(1, 4, 8, 8), torch.tensor([0.6]), torch.randn(1, 5, H.TE_HIDDEN)
+    used = []
+
+    def spy(name):
+        real = getattr(attn, name)
+
+        def fn(*args, **kwargs):
+            used.append(name)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(attn, name, fn)
+        return fn
+
+    sub_quad = spy("attention_sub_quad")
+    spy("attention_pytorch")
+    monkeypatch.setattr(attn, "optimized_attention", sub_quad)  # what ComfyUI picks for a CPU by default
+    monkeypatch.setattr(comfy.cli_args.args, "use_quad_cross_attention", False)
+    with torch.no_grad():
+        fast = dm(x, t, context=ctx, transformer_options={})
+    assert used and set(used) == {"attention_pytorch"}
+    used.clear()
+    monkeypatch.setattr(comfy.cli_args.args, "use_quad_cross_attention", True)
+    with torch.no_grad():
+        asked = dm(x, t, context=ctx, transformer_options={})
+    assert used and set(used) == {"attention_sub_quad"}
+    torch.testing.assert_close(fast, asked, rtol=1e-5, atol=1e-5)

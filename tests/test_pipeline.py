@@ -4,6 +4,7 @@ and every parameter (seed, prompt, negative, camera, TREAD gamma, sampler) matte
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -206,3 +207,19 @@ def test_default_dtype_follows_the_cpu(monkeypatch):
     assert pipeline.cpu_has_fast_bf16()
     # GPUs: fp16, the dtype the reference runs the released model in (and ours is closest to fp32 in)
     assert pipeline.default_dtype(torch.device("cuda")) == torch.float16
+
+
+def test_prompts_encoded_ahead_then_text_encoder_released():
+    """What the CLI does to fit 1024² in 8 GB on a CPU: encode, free Qwen3, sample — same latents."""
+    pipe = HDMPipeline(tiny_xut(0), TextEncoder(tiny_qwen3(1), load_tokenizer()), tiny_vae(2))
+    params = GenerationParams(prompt="1girl, smile", negative="lowres", width=64, height=64, steps=2, seed=3, batch_size=2)
+    direct = pipe.sample(params)
+    contexts = pipe.encode_contexts(params)
+    assert [c.shape[0] for c in contexts] == [2, 2]
+    pipe.release_text_encoder()
+    assert pipe.text_encoder is None
+    torch.testing.assert_close(pipe.sample(params, contexts=contexts), direct, rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="text encoder was released"):
+        pipe.sample(params)
+    with pytest.raises(ValueError, match="rows for a batch of 3"):
+        pipe.sample(replace(params, batch_size=3), contexts=contexts)
