@@ -81,12 +81,15 @@ def test_headless_fit_trains_saves_samples_and_resumes(tmp_path, si):
     from trainer.cli import main  # in-process this time (a subprocess costs seconds of imports)
 
     sys.path.insert(0, str(HERE))  # the config's encoder factories live in standins
+    # A known Ctrl-C handler first: CI may start the suite with SIGINT ignored (nohup, `&`).
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         assert main(["fit", str(cfg), "--resume", str(out / "chara-state.safetensors"), "--steps", "6"]) == 0
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C handling was put back
     finally:
+        signal.signal(signal.SIGINT, outer)
         sys.path.remove(str(HERE))
     assert read_adapter(out / "chara.safetensors").metadata["ss_steps"] == "6"
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C handling was put back
 
 
 def test_ddp_under_torchrun_matches_a_single_process(tmp_path, si):
