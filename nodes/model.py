@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+import comfy.cli_args
 import comfy.conds
 import comfy.latent_formats
 import comfy.ldm.modules.attention as comfy_attention
@@ -107,12 +108,12 @@ def cpu_fallback_kernel(kernel) -> bool:
 
     ComfyUI chooses it for CPUs (and old GPUs) unless told otherwise; on a CPU PyTorch's own
     SDPA is exact, as memory-frugal (tiled) and much faster — HDM's sampling step in ComfyUI
-    goes from 16.0 to ~11.8 s at 512 px (``benchmarks/e2e.py``). A user who asked for it with
+    goes from 16.0 to 11.6 s at 512 px (``benchmarks/e2e.py``). A user who asked for it with
     ``--use-quad-cross-attention`` keeps it.
     """
-    from comfy.cli_args import args
-
-    return kernel is comfy_attention.attention_sub_quad and not getattr(args, "use_quad_cross_attention", False)
+    return kernel is comfy_attention.attention_sub_quad and not getattr(
+        comfy.cli_args.args, "use_quad_cross_attention", False  # not an option in ComfyUI 0.3.64
+    )
 
 
 # ----------------------------------------------------------------------------- TREAD routing

@@ -23,7 +23,6 @@ import copy
 import importlib
 import inspect
 import json
-import os
 import shutil
 import sys
 import tempfile

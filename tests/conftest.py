@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import sys
 import warnings
@@ -39,6 +40,20 @@ def _import_from_checkout(*names: str) -> None:
 
 
 _import_from_checkout("hdm_core", "trainer")
+
+
+def _load_helper(name: str, path: Path):
+    """Import a helper module of the tests by file path, once (``tests/`` is not on ``sys.path``)."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+# Test modules use it as ``import hdm_comfy_harness as H``: conftest is imported before them.
+_load_helper("hdm_comfy_harness", Path(__file__).with_name("comfy_harness.py"))
 
 
 def find_fixtures() -> Path | None:
@@ -91,6 +106,12 @@ def comfyui_path() -> Path:
 
     comfy.cli_args.args.cpu = True
     return path
+
+
+@pytest.fixture(scope="module")
+def cui(comfyui_path):
+    """The harness's in-process ComfyUI with the tiny HDM files in its model folders."""
+    return sys.modules["hdm_comfy_harness"].get_comfy(comfyui_path)
 
 
 def pytest_report_header(config) -> list[str]:

@@ -8,32 +8,13 @@ device; one test writes a full-size file with those exact keys and loads it for 
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
-
-def _harness():
-    name = "hdm_comfy_harness"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("comfy_harness.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-H = _harness()
-
-
-@pytest.fixture(scope="module")
-def cui(comfyui_path):
-    return H.get_comfy(comfyui_path)
+import hdm_comfy_harness as H  # registered by tests/conftest.py
 
 
 @pytest.fixture(scope="module")

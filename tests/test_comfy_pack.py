@@ -2,24 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-
-def _harness():
-    name = "hdm_comfy_harness"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("comfy_harness.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-H = _harness()
+import hdm_comfy_harness as H  # registered by tests/conftest.py
 
 EXPECTED_NODES = {
     "HDMCheckpointLoader": "HDM Checkpoint Loader",
@@ -35,11 +20,6 @@ EXPECTED_NODES = {
 }
 WORKFLOW_NAMES = sorted(p.stem for p in H.WORKFLOWS.glob("*.json"))
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN")
-
-
-@pytest.fixture(scope="module")
-def cui(comfyui_path):
-    return H.get_comfy(comfyui_path)
 
 
 def write_workflow_models(cui, name: str) -> None:

@@ -7,31 +7,12 @@ seconds per test.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
+import hdm_comfy_harness as H  # registered by tests/conftest.py
 
-def _harness():
-    name = "hdm_comfy_harness"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("comfy_harness.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-H = _harness()
 TOL = dict(rtol=1e-5, atol=2e-4)  # latents reach |30|; float32 end to end
-
-
-@pytest.fixture(scope="module")
-def cui(comfyui_path):
-    return H.get_comfy(comfyui_path)
 
 
 def run_ok(cui, prompt, capture=None):

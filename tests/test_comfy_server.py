@@ -9,7 +9,6 @@ and that the same server then still renders an image.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -25,18 +24,8 @@ from pathlib import Path
 
 import pytest
 
+import hdm_comfy_harness as H  # registered by tests/conftest.py
 
-def _harness():
-    name = "hdm_comfy_harness"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("comfy_harness.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-H = _harness()
 PACK_DIR_NAME = "hdm-nodes"
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import hdm_comfy_harness as H  # registered by tests/conftest.py
+
 
 def _load(name: str, path: Path):
     if name not in sys.modules:
@@ -27,17 +29,11 @@ def _load(name: str, path: Path):
     return sys.modules[name]
 
 
-H = _load("hdm_comfy_harness", Path(__file__).with_name("comfy_harness.py"))
 SI = _load("standins", Path(__file__).parent / "train" / "standins.py")  # write_image_folder
 
 DATASET = "hdm_train_node_ds"  # in ComfyUI's input folder
 IMAGES = 4
 CAPTION_PREFIX = "1girl ||| "  # the folder's caption files: '|||' is resolved as the trainer does
-
-
-@pytest.fixture(scope="module")
-def cui(comfyui_path):
-    return H.get_comfy(comfyui_path)
 
 
 @pytest.fixture(scope="module")

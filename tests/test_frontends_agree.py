@@ -14,8 +14,6 @@ or schedule entry changes most pixels by many levels, which the same tests check
 from __future__ import annotations
 
 import importlib
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,25 +21,10 @@ import pytest
 import torch
 from PIL import Image
 
+import hdm_comfy_harness as H  # registered by tests/conftest.py
 
-def _harness():
-    name = "hdm_comfy_harness"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("comfy_harness.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-H = _harness()
 MAX_LEVELS = 1  # per channel, 8-bit levels
 MAX_DIFFERENT = 0.01  # fraction of channel values allowed to differ at all
-
-
-@pytest.fixture(scope="module")
-def cui(comfyui_path):
-    return H.get_comfy(comfyui_path)
 
 
 @pytest.fixture(scope="module")

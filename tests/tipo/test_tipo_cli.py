@@ -9,8 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from hdm_core import tipo
 from hdm_core.tipo import cli
 

@@ -9,10 +9,7 @@ a weight, not doubled, and no backslash left over.
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,18 +18,7 @@ TAGS = "1girl, izuna (blue archive), fox ears"
 NL = "A girl (smiling) in a shrine."
 TIPO_NAME = "tiny-tipo"
 
-
-def _harness():
-    name = "hdm_comfy_harness"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "comfy_harness.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-H = _harness()
+import hdm_comfy_harness as H  # registered by tests/conftest.py
 
 
 @pytest.fixture(scope="module")
