@@ -52,8 +52,10 @@ def _load_helper(name: str, path: Path):
     return sys.modules[name]
 
 
-# Test modules use it as ``import hdm_comfy_harness as H``: conftest is imported before them.
+# Test modules use these as ``import hdm_comfy_harness as H`` / ``import standins``: conftest is
+# imported before them (standins: tiny models and stand-in encoders of the training tests).
 _load_helper("hdm_comfy_harness", Path(__file__).with_name("comfy_harness.py"))
+_load_helper("standins", Path(__file__).parent / "train" / "standins.py")
 
 
 def find_fixtures() -> Path | None:

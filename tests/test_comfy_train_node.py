@@ -9,7 +9,6 @@ registered with ``folder_paths`` ahead of the harness's own. Run with
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 import tempfile
 from pathlib import Path
@@ -18,18 +17,7 @@ import pytest
 import torch
 
 import hdm_comfy_harness as H  # registered by tests/conftest.py
-
-
-def _load(name: str, path: Path):
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-SI = _load("standins", Path(__file__).parent / "train" / "standins.py")  # write_image_folder
+import standins as SI  # registered by tests/conftest.py (write_image_folder)
 
 DATASET = "hdm_train_node_ds"  # in ComfyUI's input folder
 IMAGES = 4

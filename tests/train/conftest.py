@@ -2,28 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
+import standins  # registered by tests/conftest.py
 import torch
-
-HERE = Path(__file__).resolve().parent
-
-
-def _load_standins():
-    name = "standins"
-    if name in sys.modules and Path(sys.modules[name].__file__).resolve().parent == HERE:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, HERE / "standins.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-standins = _load_standins()
 
 
 @pytest.fixture(scope="session")
