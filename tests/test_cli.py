@@ -19,7 +19,7 @@ from PIL import Image
 
 from hdm_core import cli
 from hdm_core.images import read_png_metadata
-from hdm_core.pipeline import GenerationParams
+from hdm_core.pipeline import GenerationParams, default_dtype
 from hdm_core.testing import write_tiny_hdm
 from hdm_core.weights import HDM_FILE, QWEN3_DIR, WeightsNotFound, resolve_weights
 
@@ -75,7 +75,8 @@ def test_subprocess_writes_png_with_every_parameter(tiny, tmp_path, capsys):
     assert (meta["width"], meta["height"], meta["steps"], meta["sampler"]) == (32, 48, 2, "heun")
     assert (meta["camera_x"], meta["zoom"], meta["cfg"]) == (0.1, 1.2, 3.0)
     assert meta["model"] == tiny["ckpt"].name and meta["text_encoder"] == tiny["te"].name
-    assert meta["dtype"] == "float32" and meta["device"] == "cpu"
+    # auto dtype: bf16 where this CPU has native bf16 math (AVX512-BF16/AMX), else fp32
+    assert meta["dtype"] == str(default_dtype(torch.device("cpu"))).removeprefix("torch.") and meta["device"] == "cpu"
     # the same arguments in another process give the same pixels
     assert cli.main([*args, "--out", "again.png"]) == 0, capsys.readouterr().err
     assert _pixels(tmp_path / "again.png") == _pixels(out)
