@@ -188,11 +188,12 @@ def test_from_files_equals_in_memory_models(tmp_path, pipe):
     paths = write_tiny_hdm(tmp_path, seed=0, te_in_ckpt=True)
     expected = pipe.generate(_params(steps=1))
     # identical weights; kernels may differ in the last bits with the memory layout of loaded tensors
-    loaded = HDMPipeline.from_files(paths["ckpt"], paths["te"], device="cpu")
+    # fp32 asked for: the CPU default is bf16 where the CPU has native bf16 math (test_default_dtype_follows_the_cpu)
+    loaded = HDMPipeline.from_files(paths["ckpt"], paths["te"], device="cpu", dtype=torch.float32)
     assert loaded.dtype == torch.float32 and loaded.vae.dtype == torch.float32
     torch.testing.assert_close(loaded.generate(_params(steps=1)), expected, rtol=0, atol=1e-5)
     # a trainer checkpoint carrying the text encoder as te.text_models.0.* needs no separate file
-    from_one = HDMPipeline.from_files(paths["ckpt"], device="cpu")
+    from_one = HDMPipeline.from_files(paths["ckpt"], device="cpu", dtype=torch.float32)
     torch.testing.assert_close(from_one.sample(_params(steps=1)), pipe.sample(_params(steps=1)), rtol=0, atol=1e-5)
 
 
