@@ -31,6 +31,8 @@ from typing import Any
 
 #: Largest header accepted (the safetensors library's own limit is 100 MB as well).
 MAX_HEADER = 100 * 1024 * 1024
+#: Smallest file worth probing: a safetensors file with no tensors is 10 bytes (``{}``).
+_MIN_SIZE = 10
 
 SAFETENSORS = "safetensors"
 ZIP_PICKLE = "zip-pickle"
@@ -117,10 +119,7 @@ def probe_file(path: str | os.PathLike) -> Probe:
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(32)
-        if size < 8 or len(head) < 8:
-            kind = _foreign_kind(head) if head else None
-            if kind is not None:
-                return Probe(path, kind, size, _MESSAGES[kind])
+        if size < _MIN_SIZE or len(head) < _MIN_SIZE:  # no weight file of any kind is this small
             return Probe(path, "damaged", size, f"file is empty or truncated ({size} bytes); download it again")
         (n,) = struct.unpack("<Q", head[:8])
         plausible = 2 <= n <= min(size - 8, MAX_HEADER)
@@ -146,16 +145,17 @@ def probe_file(path: str | os.PathLike) -> Probe:
                 n, header,
             )  # fmt: skip
         return Probe(path, SAFETENSORS, size, "", n, header)
-    kind = _foreign_kind(head)
-    if kind is not None:
-        return Probe(path, kind, size, _MESSAGES[kind], n)
     if head[8:9] == b"{" and 2 <= n <= MAX_HEADER and 8 + n > size:
+        # checked before the magic numbers: a cut-off safetensors file may start with 0x80, '{', ...
         return Probe(
             path, "damaged", size,
             f"file is truncated (its header alone needs {8 + n} bytes, the file has {size}); "
             "the download was probably interrupted, download it again",
             n,
         )  # fmt: skip
+    kind = _foreign_kind(head)
+    if kind is not None:
+        return Probe(path, kind, size, _MESSAGES[kind], n)
     if n > MAX_HEADER or n > size - 8:
         return Probe(path, "damaged", size, f"not a safetensors file (implausible header length {n})", n)
     return Probe(path, "damaged", size, "not a safetensors file (its header is not valid JSON)", n)
