@@ -162,19 +162,25 @@ def probe_file(path: str | os.PathLike) -> Probe:
 
 
 # --------------------------------------------------------------------------- writing
-#: Test hook (fault injection only): ``HDM_TEST_SAVE_PAUSE=<phase>:<glob>:<marker file>``
-#: makes a save whose target name matches ``<glob>`` write ``<marker file>`` and block at
-#: ``<phase>`` — ``before_rename`` (the temporary file is complete, the target not yet
-#: replaced) or ``after_rename`` — so a test can SIGKILL the process at exactly that point.
+#: Test hook (fault injection only): ``HDM_TEST_SAVE_PAUSE=<phase>:<n>:<marker file>:<glob>``
+#: makes the ``n``-th save (1-based, counted in this process) whose target path matches
+#: ``<glob>`` (``fnmatch`` on the whole path, ``/`` separators) write ``<marker file>`` and
+#: block at ``<phase>`` — ``before_rename`` (the temporary file is complete and fsynced, the
+#: target not yet replaced) or ``after_rename`` — so a test can SIGKILL the process exactly
+#: there. Unset (always, outside tests) it costs one environment lookup per save.
 PAUSE_ENV = "HDM_TEST_SAVE_PAUSE"
+_pause_counts: dict[str, int] = {}
 
 
 def _test_pause(phase: str, target: Path, tmp: str) -> None:
     spec = os.environ.get(PAUSE_ENV)
     if not spec:
         return
-    want, pattern, marker = spec.split(":", 2)
-    if want != phase or not fnmatch.fnmatch(target.name, pattern):
+    want, nth, marker, pattern = spec.split(":", 3)
+    if want != phase or not fnmatch.fnmatch(target.as_posix(), pattern):
+        return
+    _pause_counts[spec] = _pause_counts.get(spec, 0) + 1
+    if _pause_counts[spec] != int(nth):
         return
     with open(marker + ".part", "w") as f:
         f.write(f"{os.getpid()}\n{target}\n{tmp}\n")

@@ -425,6 +425,7 @@ class Trainer:
                 self.adapter, self.output_dir / f"{name}.safetensors", dtype=SAVE_DTYPES[self.config.save_dtype],
                 metadata=self._train_metadata(),
             )  # fmt: skip
+            self.saved.append(path)
             if self.config.save_state:
                 save_training_state(
                     self.state_path, self.adapter, self.optimizer, step=self.step, micro_step=self.micro_step,
@@ -440,7 +441,6 @@ class Trainer:
                 f"saving at step {self.step} failed: {exc}. Training stopped; {kept}. "
                 "Fix the cause and resume from the state file (or start again)"
             ) from exc
-        self.saved.append(path)
         if self.config.save_state:
             self._state_step = self.step
         if self.callbacks.on_save is not None:
