@@ -315,3 +315,46 @@ def test_a_run_with_a_corrupted_cache_trains_like_a_clean_one(tmp_path, si, refe
     _assert_same_adapter(_adapter(tmp_path / "out" / "chara.safetensors"), reference)
     good, temporary = _check_files(tmp_path / "out" / "cache")
     assert set(entries) <= set(good) and not temporary  # rebuilt, complete
+
+
+# ----------------------------------------------------------------------------- the ComfyUI node
+def test_comfyui_server_killed_during_save_every_saves_leaves_no_half_written_lora(tmp_path, si, comfyui_path):
+    """A real ComfyUI process (the test harness, this pack loaded by ComfyUI) trains with
+    save_every=1 and is SIGKILLed half-way through its second periodic save."""
+    loras, data, scratch = tmp_path / "loras", tmp_path / "data", tmp_path / "tmp"
+    loras.mkdir()
+    scratch.mkdir()
+    si.write_image_folder(data, [(64, 64), (64, 64)])
+    marker = tmp_path / "paused"
+    env = _env(**{
+        fileformat.PAUSE_ENV: f"before_rename:1:{marker}:*/loras/killed-step000002.safetensors",
+        "TMPDIR": str(scratch),  # the harness's model folders: inside tmp_path, even after a kill
+    })  # fmt: skip
+    env["PYTHONPATH"] = ""  # the pack is imported by ComfyUI, never from the repository root
+    log = open(tmp_path / "comfy.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE / "comfy_kill_driver.py"), str(comfyui_path), str(loras), str(data)],
+        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 400
+        while not marker.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"ComfyUI never paused in the save (rc {proc.poll()}):\n{(tmp_path / 'comfy.log').read_text()[-4000:]}")
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+    import folder_paths  # ComfyUI's (comfyui_path put it on sys.path): what LoraLoader lists
+
+    good, temporary = _check_files(loras)
+    assert [p.name for p in good] == ["killed-step000001.safetensors"]
+    assert read_adapter(loras / "killed-step000001.safetensors").metadata["ss_steps"] == "1"
+    assert len(temporary) == 1 and temporary[0].name.startswith(".killed-step000002.safetensors.")
+    listed = folder_paths.filter_files_extensions(sorted(os.listdir(loras)), folder_paths.supported_pt_extensions)
+    assert listed == ["killed-step000001.safetensors"]  # the unfinished file is not offered to LoraLoader
