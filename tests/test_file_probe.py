@@ -30,7 +30,7 @@ from hdm_core.vae import load_vae
 
 SMALL = {"w": torch.arange(12.0).reshape(3, 4), "b": torch.tensor([1.5, -2.0]), "i": torch.arange(3)}
 # first bytes that collide with a foreign kind's magic number (or are otherwise special)
-COLLIDING = [0x80, ord("{"), ord("["), ord("P"), ord("G"), ord("v"), ord("<"), 0x00, 0xFF]
+COLLIDING = [0x80, ord("{"), ord("["), ord("P"), ord("G"), ord("v"), ord("<"), 0x00]
 
 
 def _writers(low: int) -> list[bool]:

@@ -413,9 +413,27 @@ class Trainer:
         return meta
 
     def save(self, final: bool) -> Path | None:
-        """Write the adapter (and the resume state) on the main process; returns the adapter path."""
-        if not self.dist.main:
-            return None
+        """Write the adapter (and the resume state) on the main process; returns the adapter path.
+
+        Called on every process: a failed save raises :class:`TrainingError` on all of them
+        (data-parallel peers would otherwise wait for the main process forever).
+        """
+        error: TrainingError | None = None
+        path = None
+        if self.dist.main:
+            try:
+                path = self._save_main(final)
+            except TrainingError as exc:
+                error = exc
+        if self.dist.world > 1:
+            failed = _all_max(1.0 if error is not None else 0.0, self.dist, _collective_device(self.device))
+            if failed and error is None:
+                raise TrainingError(f"the main process could not save at step {self.step}; training stopped (see its error)")
+        if error is not None:
+            raise error
+        return path
+
+    def _save_main(self, final: bool) -> Path | None:
         if not all(torch.isfinite(p).all() for _, p in self.adapter.trainable_parameters()):
             log.error("adapter weights are not finite at step %d; not saving over the last good file", self.step)
             return None

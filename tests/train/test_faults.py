@@ -358,3 +358,16 @@ def test_comfyui_server_killed_during_save_every_saves_leaves_no_half_written_lo
     assert len(temporary) == 1 and temporary[0].name.startswith(".killed-step000002.safetensors.")
     listed = folder_paths.filter_files_extensions(sorted(os.listdir(loras)), folder_paths.supported_pt_extensions)
     assert listed == ["killed-step000001.safetensors"]  # the unfinished file is not offered to LoraLoader
+
+
+def test_a_failed_save_stops_every_data_parallel_process(tmp_path):
+    """Rank 0's save fails: both ranks stop (no rank waits for the main process forever)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(HERE / "ddp_save_fail_worker.py"), str(tmp_path)]  # fmt: skip
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"STOPPED 0: saving at step 2 failed: cannot write {tmp_path / 'ddp-step000002.safetensors'}" in proc.stdout
+    assert "STOPPED 1: the main process could not save at step 2" in proc.stdout
+    assert "COMPLETED" not in proc.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp-state.safetensors", "ddp-step000001.safetensors"]
+    assert read_training_state(tmp_path / "ddp-state.safetensors").step == 1
