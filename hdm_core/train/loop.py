@@ -455,10 +455,8 @@ class Trainer:
             if self.config.save_state and self.state_path.is_file():
                 at = f" (step {self._state_step})" if self._state_step is not None else ""
                 kept += f", the resume state is {self.state_path}{at}"
-            raise TrainingError(
-                f"saving at step {self.step} failed: {exc}. Training stopped; {kept}. "
-                "Fix the cause and resume from the state file (or start again)"
-            ) from exc
+            then = "resume from the state file" if self.config.save_state and self.state_path.is_file() else "train again"
+            raise TrainingError(f"saving at step {self.step} failed: {exc}. Training stopped; {kept}. Fix the cause and {then}") from exc
         if self.config.save_state:
             self._state_step = self.step
         if self.callbacks.on_save is not None:

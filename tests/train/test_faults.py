@@ -222,7 +222,7 @@ def test_a_failed_save_stops_the_run_naming_path_and_cause_and_keeps_the_last_go
     assert rc == 2
     assert f"cannot write {out / target}" in err and os.strerror(code) in err
     assert ("disk is full" in err) if code == errno.ENOSPC else ("no permission" in err)
-    assert "saving at step 4 failed" in err and "Training stopped" in err
+    assert "saving at step 4 failed" in err and "Training stopped" in err and "Fix the cause and resume from the state file" in err
     last_good = "chara-step000002.safetensors" if target.startswith("chara-step") else "chara-step000004.safetensors"
     assert f"the last good adapter is {out / last_good}" in err
     assert f"the resume state is {out / 'chara-state.safetensors'} (step 2)" in err
@@ -371,3 +371,40 @@ def test_a_failed_save_stops_every_data_parallel_process(tmp_path):
     assert "COMPLETED" not in proc.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp-state.safetensors", "ddp-step000001.safetensors"]
     assert read_training_state(tmp_path / "ddp-state.safetensors").step == 1
+
+
+def test_comfyui_node_save_failure_is_a_clear_error_and_keeps_the_last_good_file(cui, si, tmp_path, monkeypatch):
+    import importlib.util
+
+    import hdm_comfy_harness as H
+    import safetensors.torch as st
+
+    spec = importlib.util.spec_from_file_location("hdm_comfy_kill_driver", HERE / "comfy_kill_driver.py")
+    driver = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(driver)
+    loras = tmp_path / "loras"
+    loras.mkdir()
+    si.write_image_folder(tmp_path / "data", [(64, 64), (64, 64)])
+    real = st.save_file
+
+    def disk_full(tensors, filename, metadata=None):
+        if Path(filename).name.startswith(".failing.safetensors."):  # the final save
+            raise OSError(errno.ENOSPC, "No space left on device", filename)
+        return real(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(st, "save_file", disk_full)
+    cui.folder_paths.add_model_folder_path("loras", str(loras), is_default=True)
+    try:
+        result = cui.run(driver.train_prompt(H, str(tmp_path / "data"), "failing", steps=2, save_every=1))
+    finally:
+        cui.folder_paths.folder_names_and_paths["loras"][0].remove(str(loras))
+    err = result.error()
+    assert err is not None and err["event"] == "execution_error" and err["node_id"] == "2", result.messages
+    message = err["exception_message"]
+    assert f"cannot write {loras / 'failing.safetensors'}" in message and "the disk is full" in message
+    assert f"the last good adapter is {loras / 'failing-step000001.safetensors'}. Fix the cause and train again" in message
+    assert sorted(p.name for p in loras.iterdir()) == ["failing-step000001.safetensors"]
+    assert read_adapter(loras / "failing-step000001.safetensors").metadata["ss_steps"] == "1"
+    monkeypatch.undo()
+    ok = cui.run(H.txt2img_prompt(steps=1), {"image": ("8", 0)})  # the server goes on
+    assert ok.ok, ok.error()
