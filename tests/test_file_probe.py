@@ -52,7 +52,8 @@ def test_every_first_byte_is_read_as_safetensors(tmp_path, aligned):
         path = (P.write_aligned if aligned else P.write_unaligned)(SMALL, tmp_path / f"{low:02x}.safetensors", low)
         assert path.read_bytes()[0] == low
         probe = probe_file(path)
-        assert probe.ok and probe.kind == "safetensors" and probe.metadata["pad"].startswith("x" * 0), (low, probe)
+        assert probe.ok and probe.kind == "safetensors" and probe.header_len % 256 == low, (low, probe)
+        assert probe.header_len % 8 == 0 or not aligned
         assert set(check_safetensors_file(path)) >= set(SMALL)
         _assert_same(read_state_dict(path), SMALL)
 
@@ -246,7 +247,9 @@ def test_comfyui_loaders_read_any_first_byte_and_name_foreign_files(cui, tmp_pat
     assert ckpt.read_bytes()[:1] == b"\x80" and te.read_bytes()[:1] == b"{"
     out = cui.run(H.txt2img_prompt(ckpt=ckpt.name, text_encoder=te.name, steps=1), capture={"image": ("8", 0)})
     assert out.ok, out.error
-    assert torch.equal(out.outputs["image"], base.outputs["image"])  # the same weights, the same image
+    # the same weights, the same image (ComfyUI 0.3.64 on the CPU is not bit-deterministic between runs)
+    diff = float((out.outputs["image"] - base.outputs["image"]).abs().max())
+    assert diff <= 2e-3, diff
 
     read_file = sys_modules_loaders(cui).read_file
     for name, (path, kind, message) in _foreign_files(tmp_path).items():
