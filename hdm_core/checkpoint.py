@@ -9,11 +9,8 @@ names the problem and what to do about it.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import struct
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +18,7 @@ from typing import Any
 import torch
 
 from .config import TreadConfig, XUTConfig
+from .fileformat import Probe, SaveError, atomic_write, describe_os_error, probe_file
 
 XUT_PREFIXES = ("unet.model.", "model.diffusion_model.", "diffusion_model.", "model.", "")
 SENTINEL = "in_patch.proj.weight"
@@ -29,7 +27,6 @@ OPTIONAL_KEYS = frozenset({"time_emb.freqs"})
 FOREIGN_PREFIXES = ("vae.", "te.", "first_stage_model.", "cond_stage_model.", "text_encoders.", "conditioner.",
                     "vae_mean", "vae_std", "model_ema.", "lycoris_", "lora_")
 _PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
-_MAX_HEADER = 100 * 1024 * 1024
 
 
 class CheckpointError(ValueError):
@@ -74,59 +71,35 @@ class SafetensorsDict(Mapping):
 
 
 def check_safetensors_file(path: Path) -> dict[str, Any]:
-    """Validate a safetensors header and the file length; returns the parsed header."""
+    """Validate a safetensors file through :func:`~hdm_core.fileformat.probe_file` (header,
+    length, foreign kinds); returns the parsed header or raises :class:`CheckpointError`."""
     path = Path(path)
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise CheckpointError(f"{path}: file is empty or truncated ({size} bytes); download it again")
-        kind = sniff_format(head)
-        if kind != "safetensors?":
-            raise CheckpointError(f"{path}: {kind}")
-        (header_len,) = struct.unpack("<Q", head)
-        if header_len > _MAX_HEADER:
-            raise CheckpointError(f"{path}: not a safetensors file (implausible header length {header_len})")
-        if 8 + header_len > size:
-            raise CheckpointError(
-                f"{path}: file is truncated (its header alone needs {8 + header_len} bytes, the file has {size}); "
-                "the download was probably interrupted, download it again"
-            )
-        raw = f.read(header_len)
     try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: not a safetensors file (its header is not valid JSON)") from exc
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path}: not a safetensors file (unexpected header)")
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    if 8 + header_len + end > size:
-        raise CheckpointError(
-            f"{path}: file is truncated: it should be {8 + header_len + end} bytes but is {size}; "
-            "the download was probably interrupted, download it again"
-        )
-    return header
+        probe = probe_file(path)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read this file ({exc})") from exc
+    if not probe.ok:
+        raise CheckpointError(f"{path}: {probe.message}")
+    return probe.header
 
 
-def sniff_format(head: bytes) -> str:
-    """Describe a file from its first bytes (``"safetensors?"`` when it may be safetensors)."""
-    if head[:4] == b"PK\x03\x04":
-        return (
-            "this is a pickled PyTorch checkpoint (zip), not safetensors. Pickles can run code when loaded; "
-            "convert it to .safetensors, or pass allow_pickle=True to load it with torch.load(weights_only=True)"
-        )
-    if head[:1] == b"\x80":
-        return (
-            "this is a legacy pickled PyTorch checkpoint, not safetensors. Convert it to .safetensors, "
-            "or pass allow_pickle=True to load it with torch.load(weights_only=True)"
-        )
-    if head[:4] == b"GGUF":
-        return "this is a GGUF file; HDM checkpoints are read from .safetensors only"
-    if head[:1] in (b"{", b"[") or head[:5] == b"<?xml" or head[:5].lower() == b"<!doc" or head[:5] == b"<html":
-        return "this is a text/HTML file, not model weights (a failed download saves an error page like this)"
-    if head[:4] == b"vers":
-        return "this is a Git LFS pointer file, not the weights: fetch the real file (git lfs pull) or download it directly"
-    return "safetensors?"
+def check_weight_file(path: str | os.PathLike) -> Probe:
+    """The probe's verdict for a reader that hands the file to another loader (ComfyUI's
+    ``load_torch_file``, which picks its reader by file name): a usable safetensors file, or a
+    pickle under a pickle name (that loader reads it with ``weights_only``); anything else
+    raises :class:`CheckpointError` with the probe's message."""
+    path = Path(path)
+    try:
+        probe = probe_file(path)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read this file ({exc})") from exc
+    if probe.ok:
+        if path.suffix.lower() not in (".safetensors", ".sft"):
+            raise CheckpointError(f"{path}: this is a safetensors file with a {path.suffix or 'missing'} extension; rename it to .safetensors")
+        return probe
+    if probe.is_pickle and path.suffix.lower() in _PICKLE_SUFFIXES:
+        return probe
+    raise CheckpointError(f"{path}: {probe.message}")
 
 
 def _load_pickle(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
@@ -205,17 +178,15 @@ def read_state_dict(
         raise CheckpointError(f"{path}: no such file or folder")
     if path.is_dir():
         return SafetensorsDict(_resolve_folder(path))
-    if path.suffix.lower() in _PICKLE_SUFFIXES:
-        with open(path, "rb") as f:
-            head = f.read(8)
-        if sniff_format(head) == "safetensors?" and len(head) == 8:
-            return SafetensorsDict([path])  # a safetensors file with an odd name
+    try:
+        probe = probe_file(path)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read this file ({exc})") from exc
+    if probe.is_pickle:
         return _load_pickle(path, allow_pickle)
-    with open(path, "rb") as f:
-        head = f.read(8)
-    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
-        return _load_pickle(path, allow_pickle)
-    return SafetensorsDict([path])
+    if not probe.ok:
+        raise CheckpointError(f"{path}: {probe.message}")
+    return SafetensorsDict([path])  # whatever its name (.ckpt/.bin included): the content decides
 
 
 # --------------------------------------------------------------------------- understanding keys
@@ -415,33 +386,22 @@ def load_xut(
 
 
 # --------------------------------------------------------------------------- writing
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike) -> Iterator[str]:
-    """Yield a temporary file name next to ``path``; on success it replaces ``path``.
-
-    A crash or an error leaves ``path`` untouched (and no temporary file behind). The
-    result gets the usual permissions (``0666`` minus the umask), not ``mkstemp``'s ``0600``.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
-    """Write a safetensors file atomically (temp file in the same folder, then rename)."""
+    """Write a safetensors file atomically (see :func:`~hdm_core.fileformat.atomic_write`).
+
+    Any write failure (disk full, permission denied, ...) raises :class:`SaveError` naming
+    the path and the cause; the file that was there before is left as it was.
+    """
     from safetensors.torch import save_file
 
-    with atomic_write(path) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-    return Path(path)
+    path = Path(path)
+    try:
+        with atomic_write(path) as tmp:
+            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+    except SaveError:
+        raise
+    except Exception as exc:  # OSError, or safetensors' own error wrapping one
+        error = SaveError(f"cannot write {path}: {describe_os_error(exc)}; the previous file (if any) is kept")
+        error.errno = getattr(exc, "errno", None)
+        raise error from exc
+    return path

@@ -31,7 +31,7 @@ import folder_paths
 from ..hdm_core.checkpoint import (
     OPTIONAL_KEYS,
     CheckpointError,
-    check_safetensors_file,
+    check_weight_file,
     describe_state_dict,
     find_xut_prefix,
     infer_config,
@@ -80,8 +80,7 @@ def read_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict | 
     if not os.path.isfile(path):
         raise HDMLoadError(f"{path}: no such file")
     try:
-        if path.lower().endswith((".safetensors", ".sft")):
-            check_safetensors_file(Path(path))
+        check_weight_file(path)  # HDM's one format probe, whatever the file's name
     except CheckpointError as exc:
         raise HDMLoadError(str(exc)) from exc
     try:

@@ -123,7 +123,7 @@ def fit(cfg: FitConfig, *, steps: int | None = None, resume: str | None = None) 
                 cfg.sample, encoders, Path(cfg.training.output_dir) / "samples", cfg.training.output_name, device,
                 input_dtype, amp_dtype,
             )  # fmt: skip
-        if cfg.dataset.cache_text and not cfg.captions.is_random and data.text_encoder is not None:
+        if cfg.dataset.cache_text and not cfg.captions.is_random and data.text_encoder is not None and cache.writable:
             # every caption is cached and previews are encoded: the text encoder is not needed any more
             data.text_encoder = None
             encoders.release_text_encoder()

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from .backends import LlamaCppTipo, TipoBackend, TransformersTipo
+from ..fileformat import probe_file
 from .errors import TipoDependencyError, TipoModelError
 from .kgen_api import llama_cpp
 
@@ -161,6 +162,13 @@ def check_transformers_folder(path: Path) -> None:
                 f"download model.safetensors from {MODEL_SOURCE} into {path}"
             )
         missing.append("model.safetensors")
+    for weights in sorted(path.glob("*.safetensors")):  # HDM's format probe before transformers reads it
+        try:
+            probe = probe_file(weights)
+        except OSError as exc:
+            raise TipoModelError(f"{weights}: cannot read this file ({exc})") from None
+        if not probe.ok:
+            raise TipoModelError(f"{weights}: {probe.message}")
     if not (path / "tokenizer.model").is_file() and not (path / "tokenizer.json").is_file():
         missing.append("tokenizer.model")
     if missing:

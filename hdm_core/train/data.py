@@ -125,11 +125,19 @@ class DiskCache:
     """Content-addressed tensor cache: ``root/<kind>/<aa>/<sha256>.safetensors``, atomic writes.
 
     Keys are hashes of everything that determines the tensor (encoder identity, source
-    file size and mtime, crop, caption text), so a stale entry is never reused.
+    file size and mtime, crop, caption text), so a stale entry is never reused. Each entry
+    also records its kind, key and a SHA-256 of the tensor bytes: a truncated, foreign or
+    altered file at an entry's path is detected, deleted and recomputed, never used as
+    training data. A failed write (disk full, read-only folder) turns caching off with one
+    warning; training goes on computing the tensors instead.
     """
+
+    VERSION = "1"
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
+        self.writable = True
+        self.discarded = 0
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -139,6 +147,12 @@ class DiskCache:
     def key(*parts: object) -> str:
         return hashlib.sha256(repr(parts).encode()).hexdigest()
 
+    @staticmethod
+    def digest(value: torch.Tensor) -> str:
+        """SHA-256 of the tensor's bytes (its dtype and shape are in the file's header)."""
+        flat = value.detach().to("cpu").contiguous().reshape(-1)
+        return hashlib.sha256(flat.view(torch.uint8).numpy().tobytes()).hexdigest()
+
     def _path(self, kind: str, key: str) -> Path:
         return self.root / kind / key[:2] / f"{key}.safetensors"
 
@@ -147,13 +161,33 @@ class DiskCache:
         if not path.is_file():
             return None
         try:
-            return read_state_dict(path)["value"].clone()
+            sd = read_state_dict(path)  # the format probe: truncated or foreign files fail here
+            meta = getattr(sd, "metadata", None) or {}
+            if set(sd) != {"value"} or meta.get("hdm_cache") != self.VERSION or meta.get("kind") != kind or meta.get("key") != key:
+                raise ValueError("not an entry of this cache (foreign file or another entry's data)")
+            value = sd["value"].clone()
+            if self.digest(value) != meta.get("sha256"):
+                raise ValueError("its data does not match its checksum")
         except Exception as exc:  # a damaged entry is recomputed, never trusted
-            log.warning("ignoring damaged cache entry %s (%s)", path, exc)
+            log.warning("discarding damaged cache entry %s (%s); it is computed again", path, exc)
+            self.discarded += 1
+            try:
+                path.unlink()
+            except OSError:
+                pass
             return None
+        return value
 
     def put(self, kind: str, key: str, value: torch.Tensor) -> None:
-        save_safetensors({"value": value.detach().to("cpu").contiguous()}, self._path(kind, key))
+        if not self.writable:
+            return
+        value = value.detach().to("cpu").contiguous()
+        meta = {"hdm_cache": self.VERSION, "kind": kind, "key": key, "sha256": self.digest(value)}
+        try:
+            save_safetensors({"value": value}, self._path(kind, key), meta)
+        except OSError as exc:  # SaveError names the path and the cause
+            self.writable = False
+            log.warning("%s. Caching is off for the rest of this run: tensors are computed instead of cached", exc)
 
 
 # --------------------------------------------------------------------------- image folders

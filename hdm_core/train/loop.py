@@ -255,6 +255,7 @@ class Trainer:
         self.micro_step = 0
         self.loss_history: list[float] = []
         self.saved: list[Path] = []
+        self._state_step: int | None = None  # the step of the last state file written by this run
         self.started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self.patch_size = getattr(getattr(model, "config", None), "patch_size", 2)
 
@@ -412,24 +413,52 @@ class Trainer:
         return meta
 
     def save(self, final: bool) -> Path | None:
-        """Write the adapter (and the resume state) on the main process; returns the adapter path."""
-        if not self.dist.main:
-            return None
+        """Write the adapter (and the resume state) on the main process; returns the adapter path.
+
+        Called on every process: a failed save raises :class:`TrainingError` on all of them
+        (data-parallel peers would otherwise wait for the main process forever).
+        """
+        error: TrainingError | None = None
+        path = None
+        if self.dist.main:
+            try:
+                path = self._save_main(final)
+            except TrainingError as exc:
+                error = exc
+        if self.dist.world > 1:
+            failed = _all_max(1.0 if error is not None else 0.0, self.dist, _collective_device(self.device))
+            if failed and error is None:
+                raise TrainingError(f"the main process could not save at step {self.step}; training stopped (see its error)")
+        if error is not None:
+            raise error
+        return path
+
+    def _save_main(self, final: bool) -> Path | None:
         if not all(torch.isfinite(p).all() for _, p in self.adapter.trainable_parameters()):
             log.error("adapter weights are not finite at step %d; not saving over the last good file", self.step)
             return None
         name = self.config.output_name if final else f"{self.config.output_name}-step{self.step:06d}"
-        path = save_adapter(
-            self.adapter, self.output_dir / f"{name}.safetensors", dtype=SAVE_DTYPES[self.config.save_dtype],
-            metadata=self._train_metadata(),
-        )  # fmt: skip
-        self.saved.append(path)
-        if self.config.save_state:
-            save_training_state(
-                self.state_path, self.adapter, self.optimizer, step=self.step, micro_step=self.micro_step,
-                loss_history=self.loss_history, train_config=self.config.to_dict(),
-                scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None,
+        try:
+            path = save_adapter(
+                self.adapter, self.output_dir / f"{name}.safetensors", dtype=SAVE_DTYPES[self.config.save_dtype],
+                metadata=self._train_metadata(),
             )  # fmt: skip
+            self.saved.append(path)
+            if self.config.save_state:
+                save_training_state(
+                    self.state_path, self.adapter, self.optimizer, step=self.step, micro_step=self.micro_step,
+                    loss_history=self.loss_history, train_config=self.config.to_dict(),
+                    scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None,
+                )  # fmt: skip
+        except OSError as exc:  # SaveError: disk full, permission denied, ... (names the path and cause)
+            kept = f"the last good adapter is {self.saved[-1]}" if self.saved else "no adapter was saved before"
+            if self.config.save_state and self.state_path.is_file():
+                at = f" (step {self._state_step})" if self._state_step is not None else ""
+                kept += f", the resume state is {self.state_path}{at}"
+            then = "resume from the state file" if self.config.save_state and self.state_path.is_file() else "train again"
+            raise TrainingError(f"saving at step {self.step} failed: {exc}. Training stopped; {kept}. Fix the cause and {then}") from exc
+        if self.config.save_state:
+            self._state_step = self.step
         if self.callbacks.on_save is not None:
             self.callbacks.on_save(path, self.step)
         return path
