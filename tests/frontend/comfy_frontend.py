@@ -1,0 +1,190 @@
+"""The shipped UI workflows in the real ComfyUI frontend: node boxes, layout and screenshots.
+
+ComfyUI serves its frontend (the pip package ``comfyui_frontend_package``); headless Chromium
+(Debian's ``chromium``) driven by ``playwright-core`` (npm, installed into the git-ignored
+``tests/frontend/node_modules``) loads each workflow with ``app.loadGraphData`` and reports every
+node box as LiteGraph draws it (``draw_workflows.mjs``). Used by
+``tests/test_workflows_frontend.py`` (the no-overlap check) and, as a script, to lay out the
+shipped workflows and to take the README screenshots::
+
+    python tests/frontend/comfy_frontend.py layout        # rewrite pos/size in workflows/*.json
+    python tests/frontend/comfy_frontend.py screenshots   # docs/workflows/<name>.png + workflows/<name>.jpg
+
+Why a layout tool: node sizes saved by hand are smaller than what the frontend draws (it grows a
+node to fit its widgets), so hand-placed nodes end up under each other. The tool places nodes in
+columns by data order (a node's column is one more than its deepest input's), stacks each
+column with gaps that include the title bar, and saves the sizes the frontend computes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+WORKFLOWS = REPO / "workflows"
+SCRIPT = HERE / "draw_workflows.mjs"
+
+COLUMN_GAP = 50  # px between columns
+ROW_GAP = 30  # px between a node's bottom and the next node's title bar
+
+
+def playwright_dir() -> Path | None:
+    """Where ``node_modules/playwright-core`` is: ``HDM_PLAYWRIGHT_DIR`` or tests/frontend."""
+    for d in (os.environ.get("HDM_PLAYWRIGHT_DIR"), str(HERE)):
+        if d and (Path(d) / "node_modules" / "playwright-core" / "package.json").is_file():
+            return Path(d)
+    return None
+
+
+def find_tools() -> tuple[dict | None, str]:
+    """``({"chromium", "node", "playwright"}, "")`` or ``(None, what is missing and how to install it)``."""
+    chromium = os.environ.get("HDM_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    node = shutil.which("node")
+    pw = playwright_dir()
+    missing = []
+    if not chromium:
+        missing.append("Chromium (apt-get install chromium, or set HDM_CHROMIUM)")
+    if not node:
+        missing.append("Node.js (apt-get install nodejs)")
+    if pw is None:
+        missing.append("playwright-core (npm install --prefix tests/frontend playwright-core@1, or set HDM_PLAYWRIGHT_DIR)")
+    if missing:
+        return None, "missing " + "; ".join(missing)
+    return {"chromium": chromium, "node": node, "playwright": str(pw)}, ""
+
+
+def draw(url: str, workflows: dict[str, Path], tools: dict, screenshots: Path | None = None,
+         viewport: tuple[int, int] = (1600, 900), timeout: float = 300) -> dict:
+    """Run draw_workflows.mjs against a running ComfyUI; returns its JSON report."""
+    with tempfile.TemporaryDirectory(prefix="hdm-frontend-") as tmp:
+        req = Path(tmp) / "request.json"
+        req.write_text(json.dumps({
+            "url": url, "chromium": tools["chromium"], "viewport": list(viewport),
+            "workflows": {k: str(v) for k, v in workflows.items()},
+            "screenshots": str(screenshots) if screenshots else None,
+        }))
+        env = dict(os.environ, HDM_PLAYWRIGHT_DIR=tools["playwright"])
+        proc = subprocess.run([tools["node"], str(SCRIPT), str(req)], capture_output=True, text=True, timeout=timeout, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"draw_workflows.mjs failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------- geometry
+def overlaps(a: list[float], b: list[float]) -> bool:
+    """Whether two [x, y, w, h] boxes share any area (touching edges do not count)."""
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+
+def overlapping_pairs(nodes: list[dict]) -> list[tuple[str, str]]:
+    """Pairs of drawn node boxes (title bars included) that overlap, as readable labels."""
+    out = []
+    for i, a in enumerate(nodes):
+        for b in nodes[i + 1:]:
+            if overlaps(a["bounding"], b["bounding"]):
+                out.append((f"{a['id']} {a['title']}", f"{b['id']} {b['title']}"))
+    return out
+
+
+def columns(ui: dict) -> dict[int, int]:
+    """Data order: a node's column is 0 without inputs, else one more than its deepest source."""
+    sources: dict[int, set[int]] = {n["id"]: set() for n in ui["nodes"]}
+    for _, src, _, dst, _, _ in ui["links"]:
+        sources[dst].add(src)
+    col: dict[int, int] = {}
+
+    def depth(nid: int, seen=()) -> int:
+        if nid not in col:
+            assert nid not in seen, f"cycle through node {nid}"
+            col[nid] = 1 + max((depth(s, seen + (nid,)) for s in sources[nid]), default=-1)
+        return col[nid]
+
+    for nid in sources:
+        depth(nid)
+    return col
+
+
+#: Sizes to give a node type when they exceed what the frontend computes as its minimum:
+#: room for file names in combos, prompt text, and image previews. Others get their minimum.
+PREFERRED_SIZE = {
+    "HDMCheckpointLoader": (340, 0), "HDMTextEncoderLoader": (340, 0), "LoraLoaderModelOnly": (340, 0),
+    "HDMTextEncode": (380, 150), "CLIPTextEncode": (380, 150), "HDMTipoPrompt": (420, 0),
+    "LoadImage": (360, 360), "SaveImage": (360, 380), "PreviewImage": (360, 380),
+}
+
+
+def layout(ui: dict, drawn: list[dict], title_height: float, origin=(40.0, 60.0)) -> dict:
+    """New ``pos``/``size`` for every node: columns in data order, each stacked top-down.
+
+    Sizes: the frontend's computed minimum, raised to ``PREFERRED_SIZE`` for the node's type.
+    Within a column, nodes follow the height of what feeds them (then their id), so links
+    cross little; a column starts where the widest node of the previous one ends.
+    """
+    ui = json.loads(json.dumps(ui))
+    box = {int(d["id"]): d for d in drawn}
+    nodes = {n["id"]: n for n in ui["nodes"]}
+    col = columns(ui)
+    size = {}
+    for nid, node in nodes.items():
+        pw, ph = PREFERRED_SIZE.get(node["type"], (0, 0))
+        mw, mh = box[nid]["min_size"]
+        size[nid] = [math.ceil(max(mw, pw)), math.ceil(max(mh, ph))]
+    sources: dict[int, list[int]] = {nid: [] for nid in col}
+    for _, src, _, dst, _, _ in ui["links"]:
+        sources[dst].append(src)
+    top: dict[int, float] = {}
+    x = origin[0]
+    for c in range(max(col.values()) + 1):
+        ids = sorted((nid for nid in col if col[nid] == c), key=lambda nid: (min((top[s] for s in sources[nid]), default=0), nid))
+        y = origin[1]
+        for nid in ids:
+            top[nid] = y
+            nodes[nid]["pos"] = [round(x), round(y + title_height)]
+            nodes[nid]["size"] = size[nid]
+            y += title_height + size[nid][1] + ROW_GAP
+        x += max(size[nid][0] for nid in ids) + COLUMN_GAP
+    return ui
+
+
+def main(argv: list[str]) -> int:
+    """``layout`` or ``screenshots`` over every shipped UI workflow (starts its own ComfyUI server)."""
+    if not argv or argv[0] not in ("layout", "screenshots"):
+        print(__doc__)
+        return 2
+    tools, why = find_tools()
+    if tools is None:
+        print(why, file=sys.stderr)
+        return 1
+    sys.path.insert(0, str(HERE))
+    from frontend_server import start_server  # noqa: E402  (tests/frontend/frontend_server.py)
+
+    names = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
+    with start_server() as srv:
+        report = draw(srv.url, {n: WORKFLOWS / f"{n}.json" for n in names}, tools)
+        if argv[0] == "layout":
+            for n in names:
+                path = WORKFLOWS / f"{n}.json"
+                ui = layout(json.loads(path.read_text()), report["workflows"][n]["nodes"], report["title_height"])
+                tmp = path.with_suffix(".json.tmp")
+                tmp.write_text(json.dumps(ui, indent=2, ensure_ascii=False) + "\n")
+                tmp.replace(path)
+                print("laid out", path.relative_to(REPO))
+        else:
+            shots = REPO / "docs" / "workflows"
+            shots.mkdir(parents=True, exist_ok=True)
+            report = draw(srv.url, {n: WORKFLOWS / f"{n}.json" for n in names}, tools, screenshots=shots)
+            for n in names:
+                print(n, "fit scale", round(report["workflows"][n]["fit_scale"], 3), "->", (shots / f"{n}.png").relative_to(REPO))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
