@@ -154,6 +154,21 @@ def layout(ui: dict, drawn: list[dict], title_height: float, origin=(40.0, 60.0)
     return ui
 
 
+def save_screenshot(raw: Path, png: Path, thumbnail: Path) -> None:
+    """The README picture (a 256-colour PNG: the UI's flat colours keep it small) and the
+    template browser's thumbnail (ComfyUI's frontend shows ``workflows/<name>.jpg`` for a pack's template)."""
+    from PIL import Image
+
+    img = Image.open(raw).convert("RGB")
+    tmp = png.with_suffix(".png.tmp")
+    img.quantize(256, method=Image.Quantize.MEDIANCUT).save(tmp, format="PNG", optimize=True)
+    tmp.replace(png)
+    thumb = img.resize((512, round(512 * img.height / img.width)), Image.Resampling.LANCZOS)
+    tmp = thumbnail.with_suffix(".jpg.tmp")
+    thumb.save(tmp, format="JPEG", quality=85, optimize=True)
+    tmp.replace(thumbnail)
+
+
 def main(argv: list[str]) -> int:
     """``layout`` or ``screenshots`` over every shipped UI workflow (starts its own ComfyUI server)."""
     if not argv or argv[0] not in ("layout", "screenshots"):
@@ -180,9 +195,11 @@ def main(argv: list[str]) -> int:
         else:
             shots = REPO / "docs" / "workflows"
             shots.mkdir(parents=True, exist_ok=True)
-            report = draw(srv.url, {n: WORKFLOWS / f"{n}.json" for n in names}, tools, screenshots=shots)
-            for n in names:
-                print(n, "fit scale", round(report["workflows"][n]["fit_scale"], 3), "->", (shots / f"{n}.png").relative_to(REPO))
+            with tempfile.TemporaryDirectory(prefix="hdm-shots-") as tmp:
+                report = draw(srv.url, {n: WORKFLOWS / f"{n}.json" for n in names}, tools, screenshots=Path(tmp))
+                for n in names:
+                    save_screenshot(Path(tmp) / f"{n}.png", shots / f"{n}.png", WORKFLOWS / f"{n}.jpg")
+                    print(n, "fit scale", round(report["workflows"][n]["fit_scale"], 3), "->", (shots / f"{n}.png").relative_to(REPO))
     return 0
 
 

@@ -86,7 +86,16 @@ try {
         x0 = Math.min(x0, b[0]); y0 = Math.min(y0, b[1]); x1 = Math.max(x1, b[0] + b[2]); y1 = Math.max(y1, b[1] + b[3]);
       }
       const bounds = [x0, y0, x1 - x0, y1 - y0];
-      canvas.ds.fitToBounds(bounds, { zoom: 0.95 });
+      // Zoom to fit into the part of the window the menus leave free (sidebar left, tabs and the
+      // Run bar on top, zoom controls at the bottom): screen = (world + offset) * scale.
+      const el = canvas.canvas;
+      const [W, H] = [el.clientWidth, el.clientHeight];
+      const inset = { left: 70, top: 100, right: 20, bottom: 60 };
+      const [fw, fh] = [W - inset.left - inset.right, H - inset.top - inset.bottom];
+      const scale = Math.min(fw / bounds[2], fh / bounds[3]);
+      canvas.ds.scale = scale;
+      canvas.ds.offset[0] = (inset.left + fw / 2) / scale - (bounds[0] + bounds[2] / 2);
+      canvas.ds.offset[1] = (inset.top + fh / 2) / scale - (bounds[1] + bounds[3] / 2);
       canvas.setDirty(true, true);
       canvas.draw(true, true);
       // low_quality: LiteGraph's level of detail drops the text when the zoom is too small to read it
