@@ -95,6 +95,22 @@ def test_no_two_nodes_overlap_as_drawn(drawn, name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_groups_frame_whole_nodes(drawn, name):
+    """A group (the titled frames that say what a part of the workflow is for) holds whole nodes only."""
+    w = drawn["workflows"][name]
+    assert [g["title"] for g in w["groups"]] == [g["title"] for g in saved(name).get("groups", [])]
+    assert F.group_problems(w["groups"], w["nodes"]) == []
+
+
+def test_the_group_check_sees_a_group_cutting_a_node(drawn):
+    w = drawn["workflows"]["hdm_hires_fix"]
+    assert w["groups"], "hdm_hires_fix has its second pass in a group"
+    x, y, gw, gh = w["groups"][0]["bounding"]
+    shifted = [{"title": "moved", "bounding": [x - 100, y, gw, gh]}]
+    assert any("cuts through" in p for p in F.group_problems(shifted, w["nodes"]))
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_saved_sizes_are_what_the_frontend_draws(drawn, name):
     """A saved size below the computed minimum is grown on load, which is how nodes came to overlap."""
     by_id = {n["id"]: n for n in saved(name)["nodes"]}

@@ -84,6 +84,25 @@ def overlaps(a: list[float], b: list[float]) -> bool:
     return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
 
 
+def group_problems(groups: list[dict], nodes: list[dict]) -> list[str]:
+    """What is wrong with drawn groups: one that holds no node whole, cuts through a node's box,
+    or overlaps another group."""
+    out = []
+    for i, g in enumerate(groups):
+        gx, gy, gw, gh = g["bounding"]
+        inside = [n for n in nodes if gx <= n["bounding"][0] and gy <= n["bounding"][1]
+                  and n["bounding"][0] + n["bounding"][2] <= gx + gw and n["bounding"][1] + n["bounding"][3] <= gy + gh]
+        if not inside:
+            out.append(f"group '{g['title']}' holds no node")
+        for n in nodes:
+            if n not in inside and overlaps(g["bounding"], n["bounding"]):
+                out.append(f"group '{g['title']}' cuts through node {n['id']} {n['title']}")
+        for h in groups[i + 1:]:
+            if overlaps(g["bounding"], h["bounding"]):
+                out.append(f"groups '{g['title']}' and '{h['title']}' overlap")
+    return out
+
+
 def overlapping_pairs(nodes: list[dict]) -> list[tuple[str, str]]:
     """Pairs of drawn node boxes (title bars included) that overlap, as readable labels."""
     out = []
@@ -120,15 +139,51 @@ PREFERRED_SIZE = {
     "LoadImage": (360, 360), "SaveImage": (360, 380), "PreviewImage": (360, 380),
 }
 
+TITLE_MARGIN = 12  # px: the frontend gives a title the node's width less two title heights, then shortens it with "..."
+MAX_TITLE_WIDTH = 480  # px: longer titles are shortened by the frontend rather than widening the node further
 
-def layout(ui: dict, drawn: list[dict], title_height: float, origin=(40.0, 60.0)) -> dict:
+#: Groups around the part of a workflow a first-time user should read as one step, with what to
+#: do there as the title; ``hdm_nodes`` lists the member node ids (layout fits the bounding box
+#: around them and drops the key).
+GROUP_TITLE = 34  # px: LiteGraph's group title bar (font 24 px x 1.4)
+GROUP_PAD = 10
+BADGE = 16  # px: the frontend's node-source badge ("hdm-nodes") drawn above a node's title bar
+GROUPS = {
+    "hdm_hires_fix": [
+        {"title": "Second pass (x1.5, denoise 0.5)", "color": "#3f789e", "hdm_nodes": [6, 7]},
+    ],
+    "hdm_regional_prompts": [
+        {"title": "One prompt per area: x, y, width, height in px", "color": "#8A8", "hdm_nodes": [4, 5, 6, 7, 8]},
+    ],
+    "hdm_inpaint": [
+        {"title": "Mask: right-click > Open in MaskEditor", "color": "#a1309b", "hdm_nodes": [4]},
+    ],
+}
+
+
+def group_members(ui: dict, group: dict) -> list[int]:
+    """Node ids of a group: ``hdm_nodes`` while laying out, else the nodes whose boxes (title bar
+    included, ``title_height`` 30 as LiteGraph draws it) lie inside the group's bounding."""
+    if "hdm_nodes" in group:
+        return list(group["hdm_nodes"])
+    x, y, w, h = group["bounding"]
+    return [n["id"] for n in ui["nodes"]
+            if x <= n["pos"][0] and n["pos"][0] + n["size"][0] <= x + w and y <= n["pos"][1] - 30 and n["pos"][1] + n["size"][1] <= y + h]
+
+
+def layout(ui: dict, drawn: list[dict], title_height: float, name: str = "", origin=(40.0, 100.0)) -> dict:
     """New ``pos``/``size`` for every node: columns in data order, each stacked top-down.
 
     Sizes: the frontend's computed minimum, raised to ``PREFERRED_SIZE`` for the node's type.
-    Within a column, nodes follow the height of what feeds them (then their id), so links
-    cross little; a column starts where the widest node of the previous one ends.
+    Within a column, nodes follow the height of what feeds them (then their id) and sit level
+    with it when there is room, so links run straight; a column starts where the widest node
+    of the previous one ends. ``GROUPS[name]`` replaces the file's groups, fitted around their
+    nodes with room for the group's title bar.
     """
     ui = json.loads(json.dumps(ui))
+    if name in GROUPS:
+        ui["groups"] = [dict(g, font_size=24, flags={}) for g in GROUPS[name]]
+    grouped = {i for g in ui.get("groups", []) if "hdm_nodes" in g for i in g["hdm_nodes"]}
     box = {int(d["id"]): d for d in drawn}
     nodes = {n["id"]: n for n in ui["nodes"]}
     col = columns(ui)
@@ -136,6 +191,7 @@ def layout(ui: dict, drawn: list[dict], title_height: float, origin=(40.0, 60.0)
     for nid, node in nodes.items():
         pw, ph = PREFERRED_SIZE.get(node["type"], (0, 0))
         mw, mh = box[nid]["min_size"]
+        mw = max(mw, min(box[nid].get("title_width", 0) + 2 * title_height + TITLE_MARGIN, MAX_TITLE_WIDTH))  # the whole title, within reason
         size[nid] = [math.ceil(max(mw, pw)), math.ceil(max(mh, ph))]
     sources: dict[int, list[int]] = {nid: [] for nid in col}
     for _, src, _, dst, _, _ in ui["links"]:
@@ -145,12 +201,28 @@ def layout(ui: dict, drawn: list[dict], title_height: float, origin=(40.0, 60.0)
     for c in range(max(col.values()) + 1):
         ids = sorted((nid for nid in col if col[nid] == c), key=lambda nid: (min((top[s] for s in sources[nid]), default=0), nid))
         y = origin[1]
+        prev_grouped = False
         for nid in ids:
+            if nid in grouped and not prev_grouped and y > origin[1]:
+                y += GROUP_TITLE + GROUP_PAD + BADGE  # room for the group's title bar above it
+            elif prev_grouped and nid not in grouped:
+                y += GROUP_PAD
+            y = max(y, min((top[s] for s in sources[nid]), default=y))  # level with what feeds it, if there is room
+            prev_grouped = nid in grouped
             top[nid] = y
             nodes[nid]["pos"] = [round(x), round(y + title_height)]
             nodes[nid]["size"] = size[nid]
             y += title_height + size[nid][1] + ROW_GAP
         x += max(size[nid][0] for nid in ids) + COLUMN_GAP
+    for group in ui.get("groups", []):
+        if "hdm_nodes" not in group:
+            continue
+        members = [nodes[i] for i in group.pop("hdm_nodes")]
+        x0 = min(n["pos"][0] for n in members) - GROUP_PAD
+        y0 = min(n["pos"][1] - title_height for n in members) - GROUP_PAD - BADGE - GROUP_TITLE
+        x1 = max(n["pos"][0] + n["size"][0] for n in members) + GROUP_PAD
+        y1 = max(n["pos"][1] + n["size"][1] for n in members) + GROUP_PAD
+        group["bounding"] = [round(x0), round(y0), round(x1 - x0), round(y1 - y0)]
     return ui
 
 
@@ -187,7 +259,7 @@ def main(argv: list[str]) -> int:
         if argv[0] == "layout":
             for n in names:
                 path = WORKFLOWS / f"{n}.json"
-                ui = layout(json.loads(path.read_text()), report["workflows"][n]["nodes"], report["title_height"])
+                ui = layout(json.loads(path.read_text()), report["workflows"][n]["nodes"], report["title_height"], name=n)
                 tmp = path.with_suffix(".json.tmp")
                 tmp.write_text(json.dumps(ui, indent=2, ensure_ascii=False) + "\n")
                 tmp.replace(path)

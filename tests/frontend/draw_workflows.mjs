@@ -66,6 +66,9 @@ try {
       const canvas = app.canvas;
       canvas.setDirty(true, true);
       canvas.draw(true, true);
+      const ctx = canvas.canvas.getContext("2d");
+      ctx.save();
+      ctx.font = canvas.title_text_font || `${window.LiteGraph.NODE_TEXT_SIZE}px ${window.LiteGraph.NODE_FONT}`;
       const nodes = (app.graph.nodes || app.graph._nodes).map((n) => {
         if (n.updateArea) n.updateArea();
         const b = n.boundingRect || n.getBounding();
@@ -73,8 +76,11 @@ try {
           id: Number(n.id), type: n.type, title: n.title,
           pos: [n.pos[0], n.pos[1]], size: [n.size[0], n.size[1]],
           min_size: Array.from(n.computeSize()), bounding: [b[0], b[1], b[2], b[3]],
+          // width of the title text: the frontend shortens a title that does not fit with "..."
+          title_width: (() => { ctx.font = n.titleFontStyle || ctx.font; return ctx.measureText(n.getTitle ? n.getTitle() || "" : n.title || "").width; })(),
         };
       });
+      ctx.restore();
       // fit to view the way "Zoom to fit" does (bounds of every node, title bars included)
       let x0 = Infinity, y0 = Infinity, x1 = -Infinity, y1 = -Infinity;
       for (const n of nodes) {
@@ -99,9 +105,16 @@ try {
       canvas.setDirty(true, true);
       canvas.draw(true, true);
       // low_quality: LiteGraph's level of detail drops the text when the zoom is too small to read it
-      return { nodes, bounds, fit_scale: canvas.ds.scale, low_quality: !!canvas.low_quality, groups: (app.graph._groups || []).length };
+      const groups = (app.graph._groups || app.graph.groups || []).map((g) => {
+        const b = g._bounding || g.bounding;
+        return { title: g.title, bounding: [b[0], b[1], b[2], b[3]] };
+      });
+      return { nodes, groups, bounds, fit_scale: canvas.ds.scale, low_quality: !!canvas.low_quality };
     });
     if (request.screenshots) {
+      // image previews (Load Image) are DOM elements that settle a moment after the load
+      await page.waitForTimeout(1500);
+      await page.evaluate(() => { window.app.canvas.setDirty(true, true); window.app.canvas.draw(true, true); });
       await page.waitForTimeout(300);
       await page.screenshot({ path: path.join(request.screenshots, `${name}.png`) });
     }
