@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 
 import numpy as np
-import pytest
 import torch
 
 import hdm_comfy_harness as H  # registered by tests/conftest.py
@@ -40,8 +39,9 @@ def output_pngs(cui, prefix: str) -> list:
     return [Image.open(p) for p in sorted((cui.root / "output").glob(f"{prefix}*.png"))]
 
 
-def clear_outputs(cui) -> None:
-    for p in (cui.root / "output").glob("*.png"):
+def clear_outputs(cui, prefix: str) -> None:
+    """Remove this workflow's earlier images (its own filename prefix only) from the output folder."""
+    for p in (cui.root / "output").glob(f"{prefix}*.png"):
         p.unlink()
 
 
@@ -59,7 +59,7 @@ def test_img2img_low_denoise_stays_near_the_picture(cui):
     def run(denoise):
         p = copy.deepcopy(prompt)
         p[ks]["inputs"]["denoise"] = denoise
-        clear_outputs(cui)
+        clear_outputs(cui, "HDM-img2img")
         r = ok(cui.run(p, capture={"enc": (enc, 0), "out": (ks, 0)}))
         return r.outputs["enc"]["samples"], r.outputs["out"]["samples"]
 
@@ -75,7 +75,7 @@ def test_inpainting_keeps_the_unmasked_area(cui):
     prompt = H.shrink(H.load_api_workflow("hdm_inpaint"), steps=3)
     load, enc, ks = (H.find_node(prompt, c) for c in ("LoadImage", "VAEEncodeForInpaint", "KSampler"))
     prompt[load]["inputs"]["image"] = write_input(cui, "hdm-test-inpaint.png", hole=(0, 0, 24, 24))
-    clear_outputs(cui)
+    clear_outputs(cui, "HDM-inpaint")
     r = ok(cui.run(prompt, capture={"enc": (enc, 0), "out": (ks, 0), "mask": (load, 1)}))
     mask = r.outputs["mask"]
     assert mask.shape == (1, 64, 64) and mask[0, :24, :24].min() == 1 and mask[0, 24:, :].max() == 0 and mask[0, :, 24:].max() == 0
@@ -94,7 +94,7 @@ def test_hires_fix_ends_at_the_upscaled_size(cui):
     first, second = sorted((k for k, v in prompt.items() if v["class_type"] == "KSampler"), key=lambda k: prompt[k]["inputs"]["denoise"], reverse=True)
     assert prompt[up]["inputs"]["scale_by"] == 1.5 and prompt[second]["inputs"]["latent_image"] == [up, 0]
     assert prompt[first]["inputs"]["denoise"] == 1.0 and 0.3 <= prompt[second]["inputs"]["denoise"] <= 0.6
-    clear_outputs(cui)
+    clear_outputs(cui, "HDM-hires")
     r = ok(cui.run(prompt, capture={"first": (first, 0), "up": (up, 0), "out": (second, 0)}))
     assert r.outputs["first"]["samples"].shape == (1, 4, 8, 8)
     upscaled, out = r.outputs["up"]["samples"], r.outputs["out"]["samples"]

@@ -20,7 +20,7 @@ FRONTEND = Path(__file__).resolve().parent / "frontend"
 sys.path.insert(0, str(FRONTEND))
 try:
     import comfy_frontend as F
-    from frontend_server import FrontendServer
+    from frontend_server import PACK_DIR_NAME, FrontendServer
 finally:
     sys.path.remove(str(FRONTEND))
 
@@ -61,14 +61,34 @@ def drawn(comfyui_path, tmp_path_factory):
             if "comfyui_workflow_templates" in str(exc) and "does not exist" in str(exc):
                 pytest.skip("this ComfyUI's server cannot start with the installed comfyui_workflow_templates (install the version its requirements.txt pins)")
             raise
+        templates = template_browser(srv.url)
         files = {n: F.WORKFLOWS / f"{n}.json" for n in NAMES}
         files["squeezed_train"] = squeezed_train_workflow(tmp_path_factory.mktemp("frontend"))
         report = F.draw(srv.url, files, tools, viewport=VIEWPORT)
     finally:
         srv.stop()
+    report["templates"] = templates
     assert not report["page_errors"], report["page_errors"]
     assert report["title_height"] > 0
     return report
+
+
+def template_browser(url: str) -> dict:
+    """What the frontend's template browser fetches: the pack's template list, each workflow
+    and its thumbnail (``/api/workflow_templates/<pack folder>/<name>.json`` / ``.jpg``)."""
+    import urllib.error
+    import urllib.request
+
+    def get(path):
+        try:
+            with urllib.request.urlopen(url + path, timeout=30) as r:
+                return r.status, r.headers.get("Content-Type", ""), r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, "", b""
+
+    listed = json.loads(get("/api/workflow_templates")[2]).get(PACK_DIR_NAME, [])
+    files = {f"{n}.{ext}": get(f"/api/workflow_templates/{PACK_DIR_NAME}/{n}.{ext}") for n in listed for ext in ("json", "jpg")}
+    return {"listed": sorted(listed), "files": files}
 
 
 def saved(name: str) -> dict:
@@ -136,3 +156,15 @@ def test_readable_at_fit_to_view(drawn, name):
     w = drawn["workflows"][name]
     assert not w["low_quality"], f"{name}: fit-to-view zoom {w['fit_scale']:.2f} is too small to draw text"
     assert w["fit_scale"] >= 0.58
+
+
+def test_template_browser_lists_every_workflow_with_a_thumbnail(drawn):
+    """The pack's templates as the frontend's template browser loads them: the UI workflows
+    (not workflows/api/), each served as the saved JSON, each with its JPEG thumbnail."""
+    t = drawn["templates"]
+    assert t["listed"] == NAMES
+    for n in NAMES:
+        status, _, body = t["files"][f"{n}.json"]
+        assert status == 200 and json.loads(body) == saved(n)
+        status, ctype, body = t["files"][f"{n}.jpg"]
+        assert status == 200 and ctype == "image/jpeg" and body[:3] == b"\xff\xd8\xff", n

@@ -47,6 +47,8 @@ def playwright_dir() -> Path | None:
 def find_tools() -> tuple[dict | None, str]:
     """``({"chromium", "node", "playwright"}, "")`` or ``(None, what is missing and how to install it)``."""
     chromium = os.environ.get("HDM_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium and not Path(chromium).is_file():
+        chromium = None
     node = shutil.which("node")
     pw = playwright_dir()
     missing = []
