@@ -4,7 +4,7 @@ ComfyUI serves its frontend (the pip package ``comfyui_frontend_package``); head
 (Debian's ``chromium``) driven by ``playwright-core`` (npm, installed into the git-ignored
 ``tests/frontend/node_modules``) loads each workflow with ``app.loadGraphData`` and reports every
 node box as LiteGraph draws it (``draw_workflows.mjs``). Used by
-``tests/test_workflows_frontend.py`` (the no-overlap check) and, as a script, to lay out the
+``tests/test_workflows_frontend.py`` (no overlaps, data order, readable zoom) and, as a script, to lay out the
 shipped workflows and to take the README screenshots::
 
     python tests/frontend/comfy_frontend.py layout        # rewrite pos/size in workflows/*.json
@@ -13,7 +13,8 @@ shipped workflows and to take the README screenshots::
 Why a layout tool: node sizes saved by hand are smaller than what the frontend draws (it grows a
 node to fit its widgets), so hand-placed nodes end up under each other. The tool places nodes in
 columns by data order (a node's column is one more than its deepest input's), stacks each
-column with gaps that include the title bar, and saves the sizes the frontend computes.
+column with gaps that include the title bar, and saves the sizes the frontend computes. Run
+``layout`` again whenever a node's widgets change (the test then says which size differs).
 """
 
 from __future__ import annotations
@@ -257,8 +258,8 @@ def main(argv: list[str]) -> int:
 
     names = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
     with start_server() as srv:
-        report = draw(srv.url, {n: WORKFLOWS / f"{n}.json" for n in names}, tools)
         if argv[0] == "layout":
+            report = draw(srv.url, {n: WORKFLOWS / f"{n}.json" for n in names}, tools)
             for n in names:
                 path = WORKFLOWS / f"{n}.json"
                 ui = layout(json.loads(path.read_text()), report["workflows"][n]["nodes"], report["title_height"], name=n)
