@@ -115,6 +115,18 @@ def test_no_two_nodes_overlap_as_drawn(drawn, name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_frontend_knows_every_node_and_keeps_every_widget_value(drawn, name):
+    """Each node type is registered with the frontend (from the server's /object_info), and the
+    workflow saved again by the frontend has the same widget values in the same order (it may
+    append values of its own widgets, e.g. Load Image's upload button)."""
+    by_id = {n["id"]: n for n in saved(name)["nodes"]}
+    for n in drawn["workflows"][name]["nodes"]:
+        assert n["registered"], f"{name}: the frontend has no node type {n['type']}"
+        values = by_id[n["id"]].get("widgets_values", [])
+        assert n["widgets_values"][: len(values)] == values, f"{name}: node {n['id']} ({n['title']})"
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_groups_frame_whole_nodes(drawn, name):
     """A group (the titled frames that say what a part of the workflow is for) holds whole nodes only."""
     w = drawn["workflows"][name]

@@ -77,6 +77,8 @@ try {
           pos: [n.pos[0], n.pos[1]], size: [n.size[0], n.size[1]],
           min_size: Array.from(n.computeSize()), bounding: [b[0], b[1], b[2], b[3]],
           // width of the title text: the frontend shortens a title that does not fit with "..."
+          registered: !!window.LiteGraph.registered_node_types[n.type],
+          widgets_values: (n.serialize().widgets_values || []).map((v) => (v === undefined ? null : v)),
           title_width: (() => { ctx.font = n.titleFontStyle || ctx.font; return ctx.measureText(n.getTitle ? n.getTitle() || "" : n.title || "").width; })(),
         };
       });
