@@ -28,6 +28,13 @@ def write_workflow_models(cui, name: str) -> None:
         cui.write_lora("hdm-lora.safetensors")
     if name == "hdm_tipo":
         cui.write_tipo_stub("TIPO-200M-ft2")
+    for node in H.load_api_workflow(name).values():  # img2img/inpainting: the picture LoadImage names, in the input folder
+        if node["class_type"] == "LoadImage":
+            from PIL import Image
+
+            path = cui.root / "input" / node["inputs"]["image"]
+            if not path.exists():
+                Image.new("RGBA", (64, 64), (200, 120, 80, 255)).save(path)
 
 
 def input_spec(cls) -> dict:
@@ -190,8 +197,11 @@ def test_workflows_use_model_card_defaults(name):
     api = H.load_api_workflow(name)
     sampler = next(v["inputs"] for v in api.values() if v["class_type"] in ("KSampler", "HDMSampler"))
     assert 2.0 <= sampler["cfg"] <= 4.0 and 16 <= sampler["steps"] <= 32
-    latent = next(v["inputs"] for v in api.values() if v["class_type"] == "EmptyLatentImage")
-    assert (latent["width"], latent["height"]) in {(1024, 1024), (1280, 960), (1440, 800), (960, 1280), (800, 1440)}
+    latent = next((v["inputs"] for v in api.values() if v["class_type"] == "EmptyLatentImage"), None)
+    if latent is None:  # img2img/inpainting: the size is the loaded picture's
+        assert any(v["class_type"] == "LoadImage" for v in api.values()), f"{name}: no EmptyLatentImage and no LoadImage"
+    else:
+        assert (latent["width"], latent["height"]) in {(1024, 1024), (1280, 960), (1440, 800), (960, 1280), (800, 1440)}
     loader = next(v["inputs"] for v in api.values() if v["class_type"] == "HDMCheckpointLoader")
     assert loader == {"ckpt_name": H.CKPT_NAME, "text_encoder": H.TE_NAME}
     for tipo in (v["inputs"] for v in api.values() if v["class_type"] == "HDMTipoPrompt"):

@@ -143,7 +143,8 @@ def test_server_lists_hdm_nodes_with_tooltips_and_templates(server):
     assert H.CKPT_NAME in info["HDMCheckpointLoader"]["input"]["required"]["ckpt_name"][0]
     templates = server.get("/workflow_templates")
     shipped = sorted(p.stem for p in H.WORKFLOWS.glob("*.json"))  # the UI workflows; workflows/api/ is not listed
-    assert {"hdm_lora", "hdm_sampler_camera_tread", "hdm_tipo", "hdm_txt2img_ksampler", "hdm_train_lycoris"} <= set(shipped)
+    assert {"hdm_lora", "hdm_sampler_camera_tread", "hdm_tipo", "hdm_txt2img_ksampler", "hdm_train_lycoris",
+            "hdm_img2img", "hdm_inpaint", "hdm_hires_fix", "hdm_regional_prompts"} <= set(shipped)
     assert sorted(templates.get(PACK_DIR_NAME, [])) == shipped
 
 
