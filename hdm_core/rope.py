@@ -105,9 +105,13 @@ class RopeTables:
         """The tables of the image tokens ``idx`` ``[B, K]`` (sharing this object's kept tables)."""
         return RopeTables(self.pos, self.keep, idx, self.tables)
 
-    def rotate_(self, rope: AxialRoPE, x: torch.Tensor) -> None:
-        """Rotate the image tokens of ``x`` ``[B, N, ..., H, D]`` in place (dims between N and H broadcast)."""
-        cis = self[rope]
-        extra = x.ndim - 4  # e.g. the q/k axis of a packed qkv
-        cis = cis.view(cis.shape[0], cis.shape[1], *([1] * extra), *cis.shape[2:])
-        rotate_(x[:, : self.num_img], cis)
+    def rotate_(self, rope: AxialRoPE, *xs: torch.Tensor) -> None:
+        """Rotate the image tokens of each ``x`` ``[B, N, ..., H, D]`` in place (dims between N and H broadcast).
+
+        Several tensors (cross-attention's q and k) share one lookup of the table.
+        """
+        table = self[rope]
+        for x in xs:
+            extra = x.ndim - 4  # e.g. the q/k axis of a packed qkv
+            cis = table.view(table.shape[0], table.shape[1], *([1] * extra), *table.shape[2:])
+            rotate_(x[:, : self.num_img], cis)

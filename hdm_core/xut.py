@@ -71,9 +71,9 @@ class CrossAttention(nn.Module):
         b, n, _ = x.shape
         q = self.q(x).view(b, n, self.heads, self.dim_head)
         kv = self.kv(memory).view(b, memory.shape[1], 2, self.heads, self.dim_head)
-        # The encoder output has the stream's token layout, so k takes the same positions.
-        rope.rotate_(self.rope, q)
-        rope.rotate_(self.rope, kv[:, :, :1])
+        # The encoder output has the stream's token layout, so k takes the same positions
+        # (one table for both: computed or gathered once).
+        rope.rotate_(self.rope, q, kv[:, :, :1])
         k, v = kv.unbind(2)
         out = self.attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask=mask, transformer_options=transformer_options
@@ -359,6 +359,7 @@ class XUT(nn.Module):
         self.out_patch = UnPatch(cfg.patch_size, cfg.dim, cfg.input_dim, operations, **kw)
         self.gradient_checkpointing = False
         self._rope_cache: tuple | None = None
+        self._compiled_denoise = None  # compile_denoiser()
         self.keep_rope_tables: bool | None = None  # None: keep on CPU, recompute per block elsewhere
 
     # ------------------------------------------------------------------ helpers
@@ -378,6 +379,23 @@ class XUT(nn.Module):
         for m in self.modules():
             if isinstance(m, TransformerBlock):
                 m.compile(**compile_kwargs)
+
+    def compile_denoiser(self, **compile_kwargs: Any) -> bool:
+        """CUDA graphs for whole inference calls at fixed shapes (GPU speed option; off by default).
+
+        ``torch.compile`` of the forward computation with ``mode="reduce-overhead"`` and
+        ``dynamic=False`` unless given: a sampler calls the model many times at one shape, and
+        replaying one graph removes the per-kernel launch cost that bounds small batches.
+        Used for calls on CUDA without autograd; everything else (CPU, training) keeps the
+        eager path, so on a machine without CUDA this changes nothing and returns ``False``.
+        Outputs are cloned out of the graph's memory. Measured in ``benchmarks/gpu.py --cuda-graphs``.
+        """
+        if not torch.cuda.is_available() or next(self.parameters()).device.type != "cuda":
+            return False
+        compile_kwargs.setdefault("mode", "reduce-overhead")
+        compile_kwargs.setdefault("dynamic", False)
+        self._compiled_denoise = torch.compile(self._denoise, **compile_kwargs)
+        return True
 
     def set_attention(self, attention: AttentionLike | None) -> None:
         """Swap the attention kernel of every layer (``None`` = PyTorch SDPA)."""
@@ -521,6 +539,30 @@ class XUT(nn.Module):
         ``ctx_mask`` ``[B, T]`` (True = real token) masks padded text keys so prompts of
         different lengths can share a batch.
         """
+        fn = self._denoise
+        compiled = getattr(self, "_compiled_denoise", None)
+        if compiled is not None and not torch.is_grad_enabled() and x.is_cuda:
+            fn = compiled
+        out = fn(x, t, ctx, pos_map, addon_info, tread_rate, tread_mask=tread_mask, generator=generator,
+                 ctx_mask=ctx_mask, transformer_options=transformer_options)  # fmt: skip
+        # CUDA-graph outputs live in memory the next replay overwrites (the CFG pair calls twice)
+        return out.clone() if fn is compiled else out
+
+    def _denoise(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor | float,
+        ctx: torch.Tensor | None = None,
+        pos_map: torch.Tensor | None = None,
+        addon_info: torch.Tensor | float | None = None,
+        tread_rate: float | None = None,
+        *,
+        tread_mask: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        ctx_mask: torch.Tensor | None = None,
+        transformer_options: dict | None = None,
+    ) -> torch.Tensor:
+        """:meth:`forward`'s computation (eager, or what :meth:`compile_denoiser` compiles)."""
         b, c, height, width = x.shape
         p = self.config.patch_size
         if height < p or width < p:
@@ -592,12 +634,11 @@ class XUT(nn.Module):
         if idx is None:
             h = self._backbone(h, mods, rope, mask, transformer_options)
         else:
-            img, txt = h[:, :num_img], h[:, num_img:]
-            routed = torch.cat([tread_ops.gather_tokens(img, idx), txt], dim=1)
             keep = idx.shape[1]
+            # kept image tokens then every text token, in one gather (no slice-and-cat copies)
+            routed = tread_ops.gather_tokens(h, tread_ops.with_tail(idx, num_img, num_txt))
             routed = self._backbone(routed, mods, rope.gather(idx), key_mask(keep), transformer_options)
-            img = tread_ops.scatter_tokens(img, idx, routed[:, :keep])
-            h = torch.cat([img, routed[:, keep:]], dim=1)
+            h = tread_ops.merge_routed(h, idx, routed, num_img)
 
         if self.post_tread_trns is not None:
             h = self._run_blocks(self.post_tread_trns.blocks, h, mods, rope, mask=mask, transformer_options=transformer_options)

@@ -37,7 +37,8 @@ def recorded():
 @pytest.fixture(scope="module")
 def models(fixtures_dir):
     w = fixtures_dir / "tiny_weights.safetensors"
-    return {"f32": load_xut(w, dtype=torch.float32), "f64": load_xut(w, dtype=torch.float64)}
+    return {name: load_xut(w, dtype=dt) for name, dt in (("f32", torch.float32), ("f64", torch.float64),
+                                                          ("f16", torch.float16), ("bf16", torch.bfloat16))}  # fmt: skip
 
 
 @pytest.fixture
@@ -48,12 +49,19 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-@pytest.mark.parametrize("dtype", ["f32", "f64"])
+DTYPES = {"f32": torch.float32, "f64": torch.float64, "f16": torch.float16, "bf16": torch.bfloat16}
+#: Where the fixture's machine differs (another BLAS kernel may round differently): still far
+#: tighter than any real change. Half precision: a few units of its last place on O(1) outputs.
+OTHER_ENV_ATOL = {"f32": 1e-5, "f64": 1e-12, "f16": 2e-2, "bf16": 1e-1}
+
+
+@pytest.mark.parametrize("dtype", sorted(DTYPES))
 @pytest.mark.parametrize("case", ["plain", "camera", "tread"])
 def test_on_grid_sizes_give_the_recorded_outputs_bit_for_bit(models, recorded, one_thread, case, dtype):
+    """Recorded with the code before "any size" and before issue #13's changes: every dtype, bit for bit."""
     r, env = recorded
+    dt = DTYPES[dtype]
     model = models[dtype]
-    dt = torch.float32 if dtype == "f32" else torch.float64
     x, ctx, t = r["x"].to(dt), r["ctx"].to(dt), r["t"]
     kw = {
         "plain": {},
@@ -67,8 +75,8 @@ def test_on_grid_sizes_give_the_recorded_outputs_bit_for_bit(models, recorded, o
     same_env = env["torch"] == torch.__version__ and env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     if same_env:
         assert torch.equal(out, ref), f"max diff {(out - ref).abs().max().item():.3g}"
-    else:  # another BLAS kernel may round differently; still far tighter than any real change
-        torch.testing.assert_close(out, ref, rtol=0, atol=1e-5 if dtype == "f32" else 1e-12)
+    else:
+        torch.testing.assert_close(out, ref, rtol=0, atol=OTHER_ENV_ATOL[dtype])
 
 
 def test_pad_to_patch_size_is_comfyuis_rule():
