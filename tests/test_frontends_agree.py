@@ -312,3 +312,17 @@ def test_off_grid_sizes_sample_the_same_latents_in_both(cui, shared, headless, m
     # the tolerance is far below what a real difference moves: another seed changes the latents by O(1)
     other = pipe.sample(GenerationParams(**{**params.__dict__, "seed": params.seed + 1}))
     assert (other - ours).abs().max() > 0.1
+
+
+def test_hdm_core_pads_latents_with_comfyuis_rule(cui):
+    """hdm_core (which never imports ComfyUI) pads exactly as comfy.ldm.common_dit.pad_to_patch_size does."""
+    import comfy.ldm.common_dit
+
+    from hdm_core.xut import pad_to_patch_size
+
+    gen = torch.Generator().manual_seed(0)
+    for h, w in ((65, 65), (93, 125), (64, 93), (2, 3)):
+        x = torch.randn(2, 4, h, w, generator=gen)
+        ours = pad_to_patch_size(x, 2)
+        assert ours.shape[-2:] == (h + h % 2, w + w % 2)
+        assert torch.equal(ours, comfy.ldm.common_dit.pad_to_patch_size(x, (2, 2)))
