@@ -64,8 +64,13 @@ def rotate_(x: torch.Tensor, cis: torch.Tensor) -> None:
     ):
         torch.view_as_complex(pairs).mul_(cis)
     else:
-        rotated = torch.view_as_complex(pairs.to(torch.promote_types(x.dtype, torch.float32))) * cis
-        x.copy_(torch.view_as_real(rotated).flatten(-2))
+        # one widened copy, rotated in place and written back (no second complex temporary)
+        wide = torch.view_as_complex(pairs.to(torch.promote_types(x.dtype, torch.float32), copy=True))
+        if wide.dtype == torch.promote_types(wide.dtype, cis.dtype):
+            wide.mul_(cis)
+        else:  # e.g. a float64 table for a half-precision x
+            wide = wide * cis
+        x.copy_(torch.view_as_real(wide).flatten(-2))
 
 
 class RopeTables:

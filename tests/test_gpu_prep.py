@@ -86,3 +86,21 @@ def test_compile_denoiser_is_a_no_op_without_cuda():
     assert enabled is (torch.cuda.is_available() and False)  # the model is on the CPU: never compiled
     assert model._compiled_denoise is None and list(model.state_dict()) == keys
     assert torch.equal(before, after)
+
+
+def test_half_precision_rotation_in_one_widened_copy_equals_the_two_temporary_path():
+    from hdm_core.rope import rope_cis, rotate_
+
+    gen = torch.Generator().manual_seed(8)
+    pos = axial_grid(4, 4)[None]
+    cis = rope_cis(pos, 0.3 * torch.randn(4, 4, 2, generator=gen))  # [1, 16, 4, 8]
+    for dtype in (torch.float16, torch.bfloat16):
+        qkv = torch.randn(2, 16 + 3, 3, 4, 16, generator=gen).to(dtype)
+        target = qkv[:, :16, :2]  # q and k of the image tokens: a strided view, as SelfAttention passes it
+        c = cis.view(1, 16, 1, 4, 8)
+        pairs = target.unflatten(-1, (-1, 2))
+        old = torch.view_as_real(torch.view_as_complex(pairs.float()) * c).flatten(-2).to(dtype)
+        before = qkv.clone()
+        rotate_(target, c)
+        assert torch.equal(qkv[:, :16, :2], old)
+        assert torch.equal(qkv[:, :16, 2], before[:, :16, 2]) and torch.equal(qkv[:, 16:], before[:, 16:])
