@@ -45,6 +45,17 @@ DT = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 RESULTS: dict = {}
 #: Tokens of the negative prompt in the speed test (a short one, e.g. "worst quality, low quality").
 NEG_TOKENS = 16
+#: TREAD rate of the negative pass when the CFG pair runs as HDM runs it (its official UI's default).
+NEG_TREAD = 0.5
+
+
+def _smoke_config():
+    from hdm_core import XUTConfig
+
+    return XUTConfig(patch_size=2, input_dim=4, dim=64, ctx_dim=32, ctx_size=16, heads=4, dim_head=16, mlp_dim=128,
+                     depth=2, enc_blocks=1, dec_blocks=2, addon_info_embs_dim=1,
+                     tread_config=dict(prev_trns_depth=1, post_trns_depth=1, dropout_ratio=0.5))  # fmt: skip
+
 
 
 DEVICE = "cuda"
@@ -87,17 +98,68 @@ def ref_autocast(dtype: torch.dtype):
     return torch.autocast(DEVICE, dtype=dtype, enabled=dtype != torch.float32)
 
 
-def inputs(size: int, ctx_len: int, device: str):
+def inputs(size: int, ctx_len: int, device: str, ctx_dim: int = 1024):
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(1, 4, size, size, generator=gen)
-    ctx = torch.randn(1, ctx_len, 1024, generator=gen)
+    ctx = torch.randn(1, ctx_len, ctx_dim, generator=gen)
     return x.to(device), torch.tensor([0.7], device=device), ctx.to(device), torch.zeros(1, 1, device=device)
+
+
+def model_config(args):
+    """The XUT config benchmarked: the released 343M one, or a tiny one for ``--smoke``."""
+    from hdm_core import HDM_XUT_SMALL
+
+    return _smoke_config() if args.smoke else HDM_XUT_SMALL
+
+
+# ----------------------------------------------------------------------------- FLOPs and the card's peak
+def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def count_flops(fn) -> int:
+    """FLOPs of one call of ``fn`` by ``torch.utils.flop_counter.FlopCounterMode`` (matmuls,
+    convolutions, attention: 2 per multiply-add; elementwise work is not counted).
+
+    PyTorch registers its GPU attention kernels; the CPU one is added here with the same formula,
+    so ``--smoke`` on a CPU counts what a GPU run counts.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    custom = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flops}
+    with FlopCounterMode(display=False, custom_mapping=custom) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def gemm_shapes(config, tokens: int) -> list[tuple[int, int, int]]:
+    """``(M, K, N)`` of the XUT's big matrix products for ``tokens`` rows (qkv, MLP in, MLP out, out)."""
+    inner = config.heads * config.dim_head
+    return [(tokens, config.dim, 3 * inner), (tokens, config.dim, 2 * config.mlp_dim),
+            (tokens, config.mlp_dim, config.dim), (tokens, inner, config.dim)]  # fmt: skip
+
+
+def matmul_peak(dtype: torch.dtype, shapes: list[tuple[int, int, int]], runs: int = 20) -> dict:
+    """The best measured ``a @ b`` rate (FLOP/s) over ``shapes``: the card's matrix peak in ``dtype`` at the model's shapes."""
+    gen = torch.Generator().manual_seed(0)
+    best = {"flops_per_s": 0.0, "shape": None}
+    for m, k, n in shapes:
+        a = torch.randn(m, k, generator=gen).to(DEVICE, dtype)
+        b = torch.randn(k, n, generator=gen).to(DEVICE, dtype)
+        ts = sync_time(lambda: a @ b, runs, max(2, runs // 4))
+        rate = 2 * m * k * n / min(ts)  # a peak: the best of the runs
+        if rate > best["flops_per_s"]:
+            best = {"flops_per_s": rate, "shape": [m, k, n]}
+    return best
 
 
 def accuracy(args) -> None:
     set_tf32(False)
-    x, t, ctx, addon = inputs(args.size, args.ctx, DEVICE)
-    ours32 = build_ours("fp32").to(DEVICE)
+    config = model_config(args)
+    x, t, ctx, addon = inputs(args.size, args.ctx, DEVICE, config.ctx_dim)
+    ours32 = build_ours("fp32", config=config).to(DEVICE)
     sd = {k: v.cpu() for k, v in ours32.state_dict().items()}
     rows = []
     with torch.inference_mode():
@@ -105,7 +167,7 @@ def accuracy(args) -> None:
         scale = truth.abs().max()
         for name in ("fp32", "fp16", "bf16"):
             dt = DT[name]
-            ours = build_ours(name).to(DEVICE) if name != "fp32" else ours32
+            ours = build_ours(name, config=config).to(DEVICE) if name != "fp32" else ours32
             o = ours(x.to(dt), t, ctx.to(dt), addon_info=addon.to(dt)).float()
             ref = build_reference(args.reference, sd, name).to(DEVICE) if args.reference else None
             r = None
@@ -130,72 +192,159 @@ def accuracy(args) -> None:
 
 
 def speed(args) -> None:
-    x, t, ctx, addon = inputs(args.size, args.ctx, DEVICE)
-    neg = torch.randn(1, NEG_TOKENS, 1024, generator=torch.Generator().manual_seed(2)).to(DEVICE)
-    rows = []
+    """One CFG step per configuration: time, FLOPs, the matmul peak and MFU, next to the reference."""
+    from hdm_core.tread import seeded_keep_mask
+    from hdm_core.xut import patch_grid
+
+    config = model_config(args)
+    neg_tokens = min(NEG_TOKENS, args.ctx)
+    x1, t1, ctx1, addon1 = inputs(args.size, args.ctx, DEVICE, config.ctx_dim)
+    neg1 = torch.randn(1, neg_tokens, config.ctx_dim, generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    rows, peaks = [], {}
+    rows_img = patch_grid(args.size, args.size, config.patch_size)
+    num_img = rows_img[0] * rows_img[1]
     for name in args.dtypes:
         dt = DT[name]
-        xs, cs, ns, a = x.to(dt), ctx.to(dt), neg.to(dt), addon.to(dt)
-        ours = build_ours(name).to(DEVICE)
+        ours = build_ours(name, config=config).to(DEVICE)
         sd = {k: v.float().cpu() for k, v in ours.state_dict().items()}
-        impls = {}
-        if args.reference:
-            ref = build_reference(args.reference, sd, name).to(DEVICE)
-            import xut.env as env
+        ref = build_reference(args.reference, sd, name).to(DEVICE) if args.reference else None
+        ours_c = ours_g = None
+        if args.compile:
+            ours_c = build_ours(name, config=config).to(DEVICE)
+            ours_c.compile_blocks()
+        if args.cuda_graphs:
+            ours_g = build_ours(name, config=config).to(DEVICE)
+            if not ours_g.compile_denoiser(mode="reduce-overhead"):
+                ours_g = None  # not on CUDA: nothing to measure
+        peaks[name] = matmul_peak(dt, gemm_shapes(config, max(args.batches) * (num_img + args.ctx)), runs=max(4, args.runs * 2))
+        for b in args.batches:
+            xs, t, a = x1.to(dt).expand(b, -1, -1, -1), t1.expand(b), addon1.to(dt).expand(b, -1)
+            cs, ns = ctx1.to(dt).expand(b, -1, -1), neg1.to(dt).expand(b, -1, -1)
+            # HDM's CFG pair: the negative routed at TREAD 0.5 (the seeded rule of both front-ends)
+            neg_mask = seeded_keep_mask(num_img, NEG_TREAD, list(range(b)), device=DEVICE)
+            impls = {}
+            if ref is not None:
+                import xut.env as env
 
-            def ref_step(ref=ref, compiled=False):
-                env.TORCH_COMPILE = compiled
-                with ref_autocast(dt):
-                    ref(xs, t, cs, addon_info=a)
-                    ref(xs, t, ns, addon_info=a)
+                def ref_step(ref=ref, compiled=False):
+                    env.TORCH_COMPILE = compiled
+                    with ref_autocast(dt):
+                        ref(xs, t, cs, addon_info=a)
+                        ref(xs, t, ns, addon_info=a)
 
-            impls["reference, eager, 2 calls"] = ref_step
-        impls["ours, eager, 2 calls"] = lambda: (ours(xs, t, cs, addon_info=a), ours(xs, t, ns, addon_info=a))
-        # batched CFG: the negative is padded to the prompt's length and its padded keys masked
-        mask = torch.zeros(2, args.ctx, dtype=torch.bool, device=DEVICE)
-        mask[0] = True
-        mask[1, :NEG_TOKENS] = True
-        x2, t2, a2 = xs.expand(2, -1, -1, -1), t.expand(2), a.expand(2, -1)
-        c2 = torch.cat([cs, torch.nn.functional.pad(ns, (0, 0, 0, args.ctx - NEG_TOKENS))])
-        impls["ours, eager, 1 batched call"] = lambda: ours(x2, t2, c2, addon_info=a2, ctx_mask=mask)
-        times: dict[str, list[float]] = {k: [] for k in impls}
-        with torch.inference_mode():
-            for k, fn in impls.items():  # warm-up
-                sync_time(fn, 0, args.warmup)
-            for _ in range(args.runs):  # alternate implementations run by run
-                for k, fn in impls.items():
-                    times[k] += sync_time(fn, 1, 0)
-            if args.compile:
-                ours_c = build_ours(name).to(DEVICE)
-                ours_c.compile_blocks()
-                compiled = {"ours, compile_blocks, 2 calls": lambda: (ours_c(xs, t, cs, addon_info=a), ours_c(xs, t, ns, addon_info=a))}
-                if args.reference:
-                    compiled["reference, its torch.compile, 2 calls"] = lambda: ref_step(compiled=True)
-                for k, fn in compiled.items():
-                    t0 = time.perf_counter()
-                    sync_time(fn, 0, 3)
-                    RESULTS.setdefault("compile_s", {})[f"{k} {name}"] = time.perf_counter() - t0
-                    times[k] = []
-                for _ in range(args.runs):
-                    for k, fn in compiled.items():
+                impls["reference, eager, 2 calls"] = ref_step
+            impls["ours, eager, 2 calls"] = lambda: (ours(xs, t, cs, addon_info=a), ours(xs, t, ns, addon_info=a))
+            impls["ours, eager, HDM CFG pair (negative TREAD 0.5)"] = lambda: (
+                ours(xs, t, cs, addon_info=a), ours(xs, t, ns, addon_info=a, tread_mask=neg_mask))
+            # batched CFG: the negative is padded to the prompt's length and its padded keys masked
+            mask = torch.zeros(2 * b, args.ctx, dtype=torch.bool, device=DEVICE)
+            mask[:b] = True
+            mask[b:, :neg_tokens] = True
+            x2, t2, a2 = torch.cat([xs, xs]), torch.cat([t, t]), torch.cat([a, a])
+            c2 = torch.cat([cs, torch.nn.functional.pad(ns, (0, 0, 0, args.ctx - neg_tokens))])
+            impls["ours, eager, 1 batched call"] = lambda: ours(x2, t2, c2, addon_info=a2, ctx_mask=mask)
+            times: dict[str, list[float]] = {k: [] for k in impls}
+            flops: dict[str, int] = {}
+            diffs: dict[str, float] = {}
+            with torch.inference_mode():
+                for k, fn in impls.items():  # warm-up, then one counted call
+                    sync_time(fn, 0, args.warmup)
+                    flops[k] = count_flops(fn)
+                for _ in range(args.runs):  # alternate implementations run by run
+                    for k, fn in impls.items():
                         times[k] += sync_time(fn, 1, 0)
-                if args.reference:
+                extra = {}
+                if ours_c is not None:
+                    extra["ours, compile_blocks, HDM CFG pair"] = lambda: (
+                        ours_c(xs, t, cs, addon_info=a), ours_c(xs, t, ns, addon_info=a, tread_mask=neg_mask))
+                    if ref is not None:
+                        extra["reference, its torch.compile, 2 calls"] = lambda: ref_step(compiled=True)
+                if ours_g is not None:
+                    extra["ours, CUDA graphs (reduce-overhead), HDM CFG pair"] = lambda: (
+                        ours_g(xs, t, cs, addon_info=a), ours_g(xs, t, ns, addon_info=a, tread_mask=neg_mask))
+                eager = impls["ours, eager, HDM CFG pair (negative TREAD 0.5)"]() if extra else None
+                for k, fn in list(extra.items()):
+                    try:  # a compile failure must not lose the eager rows
+                        t0 = time.perf_counter()
+                        sync_time(fn, 0, 3)
+                        RESULTS.setdefault("compile_s", {})[f"{k} {name} batch {b}"] = time.perf_counter() - t0
+                        if k.startswith("ours"):  # same weights as the eager model: how far compiling moved the output
+                            outs = fn()
+                            diffs[k] = max(float((o.float() - e.float()).abs().max() / e.float().abs().max()) for o, e in zip(outs, eager))
+                            flops[k] = flops["ours, eager, HDM CFG pair (negative TREAD 0.5)"]
+                        else:
+                            flops[k] = flops["reference, eager, 2 calls"]
+                        times[k] = []
+                    except Exception as exc:
+                        RESULTS.setdefault("errors", {})[f"{k} {name} batch {b}"] = f"{type(exc).__name__}: {exc}"
+                        del extra[k]
+                for _ in range(args.runs if extra else 0):
+                    for k, fn in extra.items():
+                        times[k] += sync_time(fn, 1, 0)
+                if ref is not None:
                     env.TORCH_COMPILE = False
-        base = statistics.median(times["reference, eager, 2 calls"]) if args.reference else None
-        for k, ts in times.items():
-            med = statistics.median(ts)
-            rows.append({"impl": k, "dtype": name, "median_s": med, "min_s": min(ts),
-                         "it_s": 1 / med, "speedup": None if base is None else base / med})  # fmt: skip
-        del ours, impls
+                if args.profile and DEVICE == "cuda":
+                    try:
+                        RESULTS.setdefault("speed_profiles", {})[f"{name} batch {b}"] = kernel_table(
+                            impls["ours, eager, HDM CFG pair (negative TREAD 0.5)"])
+                    except Exception as exc:
+                        RESULTS.setdefault("errors", {})[f"profile {name} batch {b}"] = f"{type(exc).__name__}: {exc}"
+            base = statistics.median(times["reference, eager, 2 calls"]) if ref is not None else None
+            for k, ts in times.items():
+                med = statistics.median(ts)
+                rate = flops[k] / med
+                rows.append({"impl": k, "dtype": name, "batch": b, "median_s": med, "min_s": min(ts), "it_s": 1 / med,
+                             "flops": flops[k], "flops_per_s": rate, "mfu": rate / peaks[name]["flops_per_s"],
+                             "speedup": None if base is None else base / med, "rel_diff_vs_eager": diffs.get(k)})  # fmt: skip
+        del ours, ref, impls, ours_c, ours_g
         reset_peak()
     RESULTS["speed"] = rows
+    RESULTS["matmul_peak"] = peaks
+    RESULTS["speed_setup"] = {"config": config.to_dict(), "size": args.size, "ctx": args.ctx, "neg_tokens": neg_tokens,
+                              "neg_tread": NEG_TREAD, "batches": list(args.batches)}  # fmt: skip
     print(f"\n### Sampling speed: one CFG step at {args.size * 8}×{args.size * 8} ({args.ctx}-token prompt, "
-          f"{NEG_TOKENS}-token negative), {RESULTS['device']}, {args.runs} runs each, alternating\n")
-    print("| impl | dtype | median (ms) | min (ms) | it/s | vs reference eager, same dtype |")
-    print("| --- | --- | --- | --- | --- | --- |")
+          f"{neg_tokens}-token negative), {RESULTS['device']}, {args.runs} runs each, alternating\n")
+    for name, pk in peaks.items():
+        print(f"measured matmul peak, {name}: {pk['flops_per_s'] / 1e12:.2f} TFLOP/s (a @ b, best of the model's shapes, at {pk['shape']})")
+    print("\nFLOPs: torch.utils.flop_counter.FlopCounterMode on one step (matmuls, convolutions, attention); "
+          "MFU = FLOPs / median time / measured matmul peak of the same dtype.\n")
+    print("| impl | dtype | batch | median (ms) | min (ms) | it/s | GFLOP/step | TFLOP/s | MFU | vs reference eager, same dtype |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         sp = "—" if r["speedup"] is None else f"{r['speedup']:.2f}×"
-        print(f"| {r['impl']} | {r['dtype']} | {r['median_s'] * 1e3:.1f} | {r['min_s'] * 1e3:.1f} | {r['it_s']:.2f} | {sp} |")
+        print(f"| {r['impl']} | {r['dtype']} | {r['batch']} | {r['median_s'] * 1e3:.1f} | {r['min_s'] * 1e3:.1f} | {r['it_s']:.2f} "
+              f"| {r['flops'] / 1e9:.3f} | {r['flops_per_s'] / 1e12:.3f} | {r['mfu']:.1%} | {sp} |")
+    for r in rows:
+        if r["rel_diff_vs_eager"] is not None:
+            print(f"{r['impl']}, {r['dtype']}, batch {r['batch']}: max |compiled − eager| / max |eager| = {r['rel_diff_vs_eager']:.2e}")
+    for key, table in RESULTS.get("speed_profiles", {}).items():
+        print(f"\nWhere the time goes, ours, HDM CFG pair, {key}:\n{table}")
+
+
+def kernel_table(fn) -> str:
+    """GPU kernel time of one call of ``fn`` by category (GEMM, attention, elementwise/other) and the idle gap."""
+    from torch.profiler import ProfilerActivity, profile
+
+    sync()
+    t0 = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        sync()
+    wall = time.perf_counter() - t0
+    cats: dict[str, float] = {"GEMM": 0.0, "attention": 0.0, "elementwise / norm / copy / other": 0.0}
+    for e in prof.key_averages():
+        if e.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        n = e.key.lower()
+        cat = ("attention" if any(w in n for w in ("flash", "fmha", "attention", "attn"))
+               else "GEMM" if any(w in n for w in ("gemm", "xmma", "cutlass", "ampere_", "sm80_", "sm90_", "cublas", "nvjet"))
+               else "elementwise / norm / copy / other")  # fmt: skip
+        cats[cat] += e.self_device_time_total / 1e6
+    busy = sum(cats.values())
+    lines = ["| kernels | ms | share of wall |", "| --- | --- | --- |"]
+    lines += [f"| {k} | {v * 1e3:.2f} | {v / wall:.0%} |" for k, v in cats.items()]
+    lines.append(f"| GPU idle (launch gaps, host work) | {(wall - busy) * 1e3:.2f} | {(wall - busy) / wall:.0%} |")
+    return "\n".join(lines) + "\n\n" + prof.key_averages().table(sort_by="self_device_time_total", row_limit=15)
 
 
 def end_to_end(args) -> None:
@@ -332,23 +481,32 @@ def training(args) -> None:
     RESULTS["training"]["profiles"] = profiles
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--reference", type=Path, default=None, help="local checkout of KohakuBlueleaf/HDM")
     p.add_argument("--size", type=int, default=128, help="latent side (pixels / 8; default 128 = 1024 px)")
     p.add_argument("--ctx", type=int, default=256)
-    p.add_argument("--dtypes", nargs="+", default=["fp16", "bf16"], choices=["fp16", "bf16"])
+    p.add_argument("--dtypes", nargs="+", default=["fp16", "bf16"], choices=["fp16", "bf16", "fp32"])
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=16, help="end-to-end sampling steps")
     p.add_argument("--compile", action="store_true", help="also time torch.compile (ours per block; the reference's own)")
+    p.add_argument("--cuda-graphs", action="store_true", help="also time XUT.compile_denoiser() (torch.compile reduce-overhead: CUDA graphs)")
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 4], help="sampling batch sizes (CFG step)")
+    p.add_argument("--smoke", action="store_true", help="a seconds-long CPU run of the speed part on a tiny XUT (tests use it)")
     p.add_argument("--train-batches", type=int, nargs="+", default=[1, 4], help="training batch sizes")
     p.add_argument("--profile", action="store_true", help="profile one training step per TREAD rate (top GPU ops)")
     p.add_argument("--parts", nargs="+", default=["accuracy", "speed", "e2e", "train"])
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--device", default="cuda", help=argparse.SUPPRESS)  # cpu: dry run of the script
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # tiny end-to-end models (dry run)
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    if args.smoke:  # tiny and fast on a CPU; explicit options still win where given
+        given = set(a.split("=")[0] for a in (argv if argv is not None else sys.argv[1:]))
+        for opt, value in (("--device", "cpu"), ("--size", 8), ("--ctx", 8), ("--runs", 2), ("--warmup", 1),
+                           ("--dtypes", ["fp32"]), ("--batches", [1, 2]), ("--parts", ["speed"])):  # fmt: skip
+            if opt not in given:
+                setattr(args, opt[2:].replace("-", "_"), value)
     global DEVICE
     DEVICE = args.device
     if DEVICE == "cuda" and not torch.cuda.is_available():

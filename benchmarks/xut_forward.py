@@ -34,15 +34,17 @@ def _peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
-def build_ours(dtype_name: str, seed: int = 0):
+def build_ours(dtype_name: str, seed: int = 0, config=None):
+    """Our XUT with scaled random weights; ``config`` defaults to the released 343M one."""
     sys.path.insert(0, str(REPO))  # hdm_core only; this script never imports the ComfyUI nodes
     import torch
 
     from hdm_core import HDM_XUT_SMALL, XUT
 
+    config = config if config is not None else HDM_XUT_SMALL
     torch.manual_seed(seed)
     with torch.device("meta"):
-        model = XUT(HDM_XUT_SMALL, device="meta")
+        model = XUT(config, device="meta")
     model = model.to_empty(device="cpu")
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():  # scaled random weights: O(1) activations in every dtype
@@ -55,7 +57,7 @@ def build_ours(dtype_name: str, seed: int = 0):
             else:
                 fan_in = p[0].numel()
                 p.copy_(torch.randn(p.shape, generator=gen) / fan_in**0.5)
-        half = HDM_XUT_SMALL.dim // 2
+        half = config.dim // 2
         model.time_emb.freqs.copy_(torch.exp(-torch.log(torch.tensor(10000.0)) * torch.arange(half) / half)[None])
     dtype = getattr(torch, DTYPES[dtype_name])
     model = model.to(dtype).eval()

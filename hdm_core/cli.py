@@ -100,8 +100,8 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--negative", "-n", default="", help="negative prompt (default: empty)")
 
     g = p.add_argument_group("image")
-    g.add_argument("--width", "-W", type=int, default=1024, help="multiple of 16 (default 1024)")
-    g.add_argument("--height", "-H", type=int, default=1024, help="multiple of 16 (default 1024)")
+    g.add_argument("--width", "-W", type=int, default=1024, help="pixels, a multiple of 8 (default 1024)")
+    g.add_argument("--height", "-H", type=int, default=1024, help="pixels, a multiple of 8 (default 1024)")
     g.add_argument("--steps", type=_positive_int, default=32, help="sampling steps (default 32; 16-32 work well)")
     g.add_argument("--cfg", type=_float, default=3.0, help="classifier-free guidance scale (default 3.0)")
     g.add_argument("--sampler", choices=sorted(SAMPLERS), default="euler", help="default euler (the reference sampler)")

@@ -27,9 +27,13 @@ from .flow import SAMPLERS, StepCallback, cfg_model, flow_timesteps, get_sampler
 from .latents import LATENT_CHANNELS, VAE_SCALE
 from .positions import camera_pos_map
 from .tread import COND_BRANCH, UNCOND_BRANCH, SeededRouting
+from .xut import patch_grid
 
-#: Image sizes must be multiples of this: VAE ×8, then the XUT's 2×2 patches.
-SIZE_MULTIPLE = VAE_SCALE * 2
+#: Image sizes must be multiples of this: one latent cell of the VAE. (Latents off the XUT's
+#: 2×2 patch grid are padded and cropped back by the model, as ComfyUI's DiT families do.)
+SIZE_MULTIPLE = VAE_SCALE
+#: Smallest image side: one 2×2 patch of latent cells.
+MIN_SIZE = VAE_SCALE * 2
 
 
 @dataclass
@@ -93,13 +97,18 @@ class GenerationParams:
 
 # --------------------------------------------------------------------------- small pieces
 def check_size(width: int, height: int) -> None:
-    """Image sizes must be positive multiples of 16 (VAE ×8, then 2×2 patches)."""
+    """Image sides must be multiples of 8 px (one VAE latent cell), at least 16 px (one patch).
+
+    Any such size works: the model pads latents off its 2×2 patch grid and crops back.
+    """
     for name, v in (("width", width), ("height", height)):
-        if v < SIZE_MULTIPLE or v % SIZE_MULTIPLE:
-            lo = max(SIZE_MULTIPLE, v // SIZE_MULTIPLE * SIZE_MULTIPLE)
+        if v < MIN_SIZE:
+            raise ValueError(f"{name} {v} is too small: HDM images are at least {MIN_SIZE} px on each side (one 2x2 patch of latents)")
+        if v % SIZE_MULTIPLE:
+            lo = v // SIZE_MULTIPLE * SIZE_MULTIPLE
             raise ValueError(
-                f"{name} {v} is not a positive multiple of {SIZE_MULTIPLE} "
-                f"(the VAE halves the size three times, then the model groups 2x2 latents); try {lo} or {lo + SIZE_MULTIPLE}"
+                f"{name} {v} is not a multiple of {SIZE_MULTIPLE} (the VAE works in {SIZE_MULTIPLE}x{SIZE_MULTIPLE} px cells); "
+                f"try {lo} or {lo + SIZE_MULTIPLE}"
             )
 
 
@@ -165,7 +174,8 @@ def velocity_fn(model: torch.nn.Module, cond: Mapping[str, Any], uncond: Mapping
 
     def run(x: torch.Tensor, t: torch.Tensor, tread: SeededRouting | None = None, **kw: Any) -> torch.Tensor:
         if tread is not None:
-            num_img = (x.shape[-2] // patch) * (x.shape[-1] // patch)
+            rows, cols = patch_grid(x.shape[-2], x.shape[-1], patch)  # padded grid, as the XUT routes it
+            num_img = rows * cols
             kw["tread_mask"] = tread.keep_mask(t, num_img, batch=x.shape[0], device=x.device)
         return model(x.to(dtype), t, **kw).float()
 
@@ -331,6 +341,7 @@ def auto_tile(width: int, height: int, threshold_pixels: int = 2048 * 2048) -> i
 __all__ = [
     "GenerationParams",
     "HDMPipeline",
+    "MIN_SIZE",
     "SIZE_MULTIPLE",
     "aspect_addon",
     "auto_tile",

@@ -96,6 +96,30 @@ def downsample_pos_map(pos_map: torch.Tensor, height: int, width: int, factor: i
     return small.permute(0, 2, 3, 1).reshape(b, -1, 2)
 
 
+def extend_pos_map(pos_map: torch.Tensor, height: int, width: int, new_height: int, new_width: int) -> torch.Tensor:
+    """``[B, H·W, 2]`` map → ``[B, H'·W', 2]`` with rows/columns added at the bottom/right.
+
+    Used when a latent is padded to the patch grid (:func:`hdm_core.xut.pad_to_patch_size`):
+    the real cells keep their positions bit for bit, and each added row (column) continues
+    the last step of the map, ``pos[H-1] + k·(pos[H-1] − pos[H-2])`` — for the aspect-aware
+    and camera maps (affine in the cell index) these are exactly the positions the cells
+    just outside the image would have. A map one cell high (wide) is repeated instead.
+    """
+    if new_height < height or new_width < width:
+        raise ValueError(f"cannot extend a {height}x{width} map to {new_height}x{new_width}")
+    b = pos_map.shape[0]
+    grid = pos_map.reshape(b, height, width, 2)
+    for dim, extra in ((1, new_height - height), (2, new_width - width)):
+        if extra == 0:
+            continue
+        last = grid.narrow(dim, grid.shape[dim] - 1, 1)
+        step = last - grid.narrow(dim, grid.shape[dim] - 2, 1) if grid.shape[dim] > 1 else torch.zeros_like(last)
+        k = torch.arange(1, extra + 1, dtype=grid.dtype, device=grid.device)
+        k = k.view(*([1] * dim), extra, *([1] * (grid.ndim - dim - 1)))
+        grid = torch.cat([grid, last + k * step], dim=dim)
+    return grid.reshape(b, new_height * new_width, 2)
+
+
 def crop_pos_map(
     full_height: int,
     full_width: int,

@@ -64,8 +64,13 @@ def rotate_(x: torch.Tensor, cis: torch.Tensor) -> None:
     ):
         torch.view_as_complex(pairs).mul_(cis)
     else:
-        rotated = torch.view_as_complex(pairs.to(torch.promote_types(x.dtype, torch.float32))) * cis
-        x.copy_(torch.view_as_real(rotated).flatten(-2))
+        # one widened copy, rotated in place and written back (no second complex temporary)
+        wide = torch.view_as_complex(pairs.to(torch.promote_types(x.dtype, torch.float32), copy=True))
+        if wide.dtype == torch.promote_types(wide.dtype, cis.dtype):
+            wide.mul_(cis)
+        else:  # e.g. a float64 table for a half-precision x
+            wide = wide * cis
+        x.copy_(torch.view_as_real(wide).flatten(-2))
 
 
 class RopeTables:
@@ -105,9 +110,13 @@ class RopeTables:
         """The tables of the image tokens ``idx`` ``[B, K]`` (sharing this object's kept tables)."""
         return RopeTables(self.pos, self.keep, idx, self.tables)
 
-    def rotate_(self, rope: AxialRoPE, x: torch.Tensor) -> None:
-        """Rotate the image tokens of ``x`` ``[B, N, ..., H, D]`` in place (dims between N and H broadcast)."""
-        cis = self[rope]
-        extra = x.ndim - 4  # e.g. the q/k axis of a packed qkv
-        cis = cis.view(cis.shape[0], cis.shape[1], *([1] * extra), *cis.shape[2:])
-        rotate_(x[:, : self.num_img], cis)
+    def rotate_(self, rope: AxialRoPE, *xs: torch.Tensor) -> None:
+        """Rotate the image tokens of each ``x`` ``[B, N, ..., H, D]`` in place (dims between N and H broadcast).
+
+        Several tensors (cross-attention's q and k) share one lookup of the table.
+        """
+        table = self[rope]
+        for x in xs:
+            extra = x.ndim - 4  # e.g. the q/k axis of a packed qkv
+            cis = table.view(table.shape[0], table.shape[1], *([1] * extra), *table.shape[2:])
+            rotate_(x[:, : self.num_img], cis)

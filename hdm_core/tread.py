@@ -65,6 +65,27 @@ def scatter_tokens(base: torch.Tensor, idx: torch.Tensor, values: torch.Tensor) 
     return base.scatter(1, idx[:, :, None].expand(-1, -1, base.shape[-1]), values)
 
 
+def with_tail(idx: torch.Tensor, num_img: int, num_tail: int) -> torch.Tensor:
+    """``[B, K + T]``: the image-token indices ``idx`` followed by the ``T`` tokens after the image ones."""
+    tail = torch.arange(num_img, num_img + num_tail, device=idx.device, dtype=idx.dtype)
+    return torch.cat([idx, tail.expand(idx.shape[0], -1)], dim=1)
+
+
+def merge_routed(h: torch.Tensor, idx: torch.Tensor, routed: torch.Tensor, num_img: int) -> torch.Tensor:
+    """``h`` ``[B, L + T, C]`` with image rows ``idx`` and all text rows taken from the backbone output ``routed``.
+
+    Without autograd ``h`` (a fresh activation of the forward pass) is updated in place, which
+    saves two copies of the whole stream; with autograd the result is a new tensor.
+    """
+    keep = idx.shape[1]
+    if torch.is_grad_enabled():
+        img = scatter_tokens(h[:, :num_img], idx, routed[:, :keep])
+        return torch.cat([img, routed[:, keep:]], dim=1)
+    h[:, :num_img].scatter_(1, idx[:, :, None].expand(-1, -1, h.shape[-1]), routed[:, :keep])
+    h[:, num_img:].copy_(routed[:, keep:])
+    return h
+
+
 # --------------------------------------------------------------------------- seeded selection
 #: CFG branch numbers of :func:`selection_seed` (ComfyUI's ``cond_or_uncond`` uses the same).
 COND_BRANCH = 0

@@ -25,7 +25,7 @@ from torch.utils.checkpoint import checkpoint
 from . import tread as tread_ops
 from .attention import AttentionLike, sdpa_attention
 from .config import XUTConfig
-from .positions import axial_grid, downsample_pos_map
+from .positions import axial_grid, downsample_pos_map, extend_pos_map
 from .rope import AxialRoPE, RopeTables
 
 Modulation = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -71,9 +71,9 @@ class CrossAttention(nn.Module):
         b, n, _ = x.shape
         q = self.q(x).view(b, n, self.heads, self.dim_head)
         kv = self.kv(memory).view(b, memory.shape[1], 2, self.heads, self.dim_head)
-        # The encoder output has the stream's token layout, so k takes the same positions.
-        rope.rotate_(self.rope, q)
-        rope.rotate_(self.rope, kv[:, :, :1])
+        # The encoder output has the stream's token layout, so k takes the same positions
+        # (one table for both: computed or gathered once).
+        rope.rotate_(self.rope, q, kv[:, :, :1])
         k, v = kv.unbind(2)
         out = self.attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask=mask, transformer_options=transformer_options
@@ -173,6 +173,30 @@ class UnPatch(nn.Module):
         # Features are ordered (row-in-patch, col-in-patch, channel), channel fastest.
         x = self.proj(x).view(b, height // p, width // p, p, p, c)
         return x.permute(0, 5, 1, 3, 2, 4).reshape(b, c, height, width)
+
+
+def patch_grid(height: int, width: int, patch_size: int) -> tuple[int, int]:
+    """``(rows, cols)`` of patches covering a ``height × width`` latent (padded up to the grid).
+
+    Every front-end counts image tokens (e.g. for TREAD keep-masks) with this, so a latent
+    whose sides are not multiples of the patch size gets the same token count everywhere.
+    """
+    return -(-height // patch_size), -(-width // patch_size)
+
+
+def pad_to_patch_size(x: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Pad ``[B, C, H, W]`` at the bottom/right to multiples of ``patch_size`` (``x`` itself if none needed).
+
+    The rule of ComfyUI's DiT families (``comfy.ldm.common_dit.pad_to_patch_size``):
+    circular padding, so the added rows/columns are copies of the first ones. With a 2×2
+    patch at most one latent row and column are added, and every patch still covers at
+    least one real latent cell. The model output is cropped back (:meth:`XUT.forward`).
+    """
+    height, width = x.shape[-2:]
+    pad_h, pad_w = (-height) % patch_size, (-width) % patch_size
+    if not (pad_h or pad_w):
+        return x
+    return F.pad(x, (0, pad_w, 0, pad_h), mode="circular")
 
 
 def island_dtype(dtype: torch.dtype | None) -> torch.dtype:
@@ -335,6 +359,7 @@ class XUT(nn.Module):
         self.out_patch = UnPatch(cfg.patch_size, cfg.dim, cfg.input_dim, operations, **kw)
         self.gradient_checkpointing = False
         self._rope_cache: tuple | None = None
+        self._compiled_denoise = None  # compile_denoiser()
         self.keep_rope_tables: bool | None = None  # None: keep on CPU, recompute per block elsewhere
 
     # ------------------------------------------------------------------ helpers
@@ -355,6 +380,23 @@ class XUT(nn.Module):
             if isinstance(m, TransformerBlock):
                 m.compile(**compile_kwargs)
 
+    def compile_denoiser(self, **compile_kwargs: Any) -> bool:
+        """CUDA graphs for whole inference calls at fixed shapes (GPU speed option; off by default).
+
+        ``torch.compile`` of the forward computation with ``mode="reduce-overhead"`` and
+        ``dynamic=False`` unless given: a sampler calls the model many times at one shape, and
+        replaying one graph removes the per-kernel launch cost that bounds small batches.
+        Used for calls on CUDA without autograd; everything else (CPU, training) keeps the
+        eager path, so on a machine without CUDA this changes nothing and returns ``False``.
+        Outputs are cloned out of the graph's memory. Measured in ``benchmarks/gpu.py --cuda-graphs``.
+        """
+        if not torch.cuda.is_available() or next(self.parameters()).device.type != "cuda":
+            return False
+        compile_kwargs.setdefault("mode", "reduce-overhead")
+        compile_kwargs.setdefault("dynamic", False)
+        self._compiled_denoise = torch.compile(self._denoise, **compile_kwargs)
+        return True
+
     def set_attention(self, attention: AttentionLike | None) -> None:
         """Swap the attention kernel of every layer (``None`` = PyTorch SDPA)."""
         fn = attention if attention is not None else sdpa_attention
@@ -367,15 +409,28 @@ class XUT(nn.Module):
     ) -> torch.Tensor:
         """Position map at patch resolution, ``[B or 1, L, 2]`` in ``dtype`` (at least float32).
 
-        ``None`` gives the exact patch-resolution grid. A map at latent resolution
-        (``[B, H·W, 2]``) is downsampled with antialiasing, as the reference does; one
-        already at patch resolution (``[B, L, 2]``) is used as is.
+        ``height × width`` is the real (unpadded) latent size. ``None`` gives the exact
+        patch-resolution grid. A map at latent resolution (``[B, H·W, 2]``) is downsampled
+        with antialiasing, as the reference does; one already at patch resolution
+        (``[B, L, 2]``, ``L`` = :func:`patch_grid`'s count) is used as is.
+
+        Sizes off the patch grid: the real latent cells keep the positions of the real
+        image (its aspect box from the real ``H × W``, the camera map as given), and the
+        padded cells (:func:`pad_to_patch_size`) continue that map linearly past the
+        bottom/right edge (:func:`~hdm_core.positions.extend_pos_map`); the patch positions
+        are then taken from the extended map exactly as for an on-grid size (antialiased
+        downsampling of a given map, patch centres without one).
         """
         p = self.config.patch_size
-        h, w = height // p, width // p
+        h, w = patch_grid(height, width, p)
+        padded = (h * p, w * p) != (height, width)
         dtype = torch.promote_types(dtype, torch.float32)
         if pos_map is None:
-            return axial_grid(h, w, device=device, dtype=dtype)[None]
+            if not padded:
+                return axial_grid(h, w, device=device, dtype=dtype)[None]
+            cells = extend_pos_map(axial_grid(height, width, device=device, dtype=dtype)[None], height, width, h * p, w * p)
+            centres = F.avg_pool2d(cells.reshape(1, h * p, w * p, 2).permute(0, 3, 1, 2), p)
+            return centres.permute(0, 2, 3, 1).reshape(1, h * w, 2)
         if pos_map.ndim == 2:
             pos_map = pos_map[None]
         if pos_map.ndim != 3 or pos_map.shape[-1] != 2 or pos_map.shape[0] not in (1, batch):
@@ -385,7 +440,9 @@ class XUT(nn.Module):
             )
         pos_map = pos_map.to(device, torch.promote_types(pos_map.dtype, dtype))
         if pos_map.shape[1] == height * width and p != 1:
-            return downsample_pos_map(pos_map, height, width, p)
+            if padded:
+                pos_map = extend_pos_map(pos_map, height, width, h * p, w * p)
+            return downsample_pos_map(pos_map, h * p, w * p, p)
         if pos_map.shape[1] == h * w:
             return pos_map
         raise ValueError(
@@ -468,6 +525,11 @@ class XUT(nn.Module):
     ) -> torch.Tensor:
         """Predict the flow velocity ``noise − x0`` for latents ``x`` ``[B, C, H, W]``.
 
+        Any ``H, W`` of at least one patch: sides off the patch grid are padded
+        (:func:`pad_to_patch_size`) and the output is cropped back to ``H × W``; positions
+        and the default aspect addon come from the real size (see :meth:`patch_positions`),
+        and TREAD routes over all :func:`patch_grid` tokens (each covers a real cell).
+
         ``t`` in [0, 1] (``[B]``, ``[B, 1]`` or a scalar); ``ctx`` ``[B, T, ctx_dim]`` text
         features (``None`` → ``ctx_size`` zero tokens; ``T = 0`` is allowed);
         ``addon_info`` = log(width / height) per sample (``None`` → taken from ``x``'s
@@ -477,19 +539,46 @@ class XUT(nn.Module):
         ``ctx_mask`` ``[B, T]`` (True = real token) masks padded text keys so prompts of
         different lengths can share a batch.
         """
+        fn = self._denoise
+        compiled = getattr(self, "_compiled_denoise", None)
+        if compiled is not None and not torch.is_grad_enabled() and x.is_cuda:
+            fn = compiled
+        out = fn(x, t, ctx, pos_map, addon_info, tread_rate, tread_mask=tread_mask, generator=generator,
+                 ctx_mask=ctx_mask, transformer_options=transformer_options)  # fmt: skip
+        # CUDA-graph outputs live in memory the next replay overwrites (the CFG pair calls twice)
+        return out.clone() if fn is compiled else out
+
+    def _denoise(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor | float,
+        ctx: torch.Tensor | None = None,
+        pos_map: torch.Tensor | None = None,
+        addon_info: torch.Tensor | float | None = None,
+        tread_rate: float | None = None,
+        *,
+        tread_mask: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        ctx_mask: torch.Tensor | None = None,
+        transformer_options: dict | None = None,
+    ) -> torch.Tensor:
+        """:meth:`forward`'s computation (eager, or what :meth:`compile_denoiser` compiles)."""
         b, c, height, width = x.shape
         p = self.config.patch_size
-        if height % p or width % p:
+        if height < p or width < p:
             raise ValueError(
-                f"latent size {height}x{width} is not a multiple of the patch size {p}: "
-                f"use image sizes that are multiples of {8 * p} pixels"
+                f"latent size {height}x{width} is smaller than one {p}x{p} patch: "
+                f"images must be at least {8 * p}x{8 * p} pixels"
             )
         if c != self.config.input_dim:
             raise ValueError(f"expected {self.config.input_dim} latent channels, got {c}")
         dtype = x.dtype
         device = x.device
 
-        tokens = self.in_patch(x)
+        # Off-grid sizes: pad to the patch grid, crop the output back (positions and the
+        # aspect addon below still come from the real height x width).
+        x_grid = pad_to_patch_size(x, p)
+        tokens = self.in_patch(x_grid)
         num_img = tokens.shape[1]
         # RoPE angles are computed in at least float32 (float64 for a float64 model).
         pos = self.patch_positions(pos_map, b, height, width, device, dtype)
@@ -545,13 +634,15 @@ class XUT(nn.Module):
         if idx is None:
             h = self._backbone(h, mods, rope, mask, transformer_options)
         else:
-            img, txt = h[:, :num_img], h[:, num_img:]
-            routed = torch.cat([tread_ops.gather_tokens(img, idx), txt], dim=1)
             keep = idx.shape[1]
+            # kept image tokens then every text token, in one gather (no slice-and-cat copies)
+            routed = tread_ops.gather_tokens(h, tread_ops.with_tail(idx, num_img, num_txt))
             routed = self._backbone(routed, mods, rope.gather(idx), key_mask(keep), transformer_options)
-            img = tread_ops.scatter_tokens(img, idx, routed[:, :keep])
-            h = torch.cat([img, routed[:, keep:]], dim=1)
+            h = tread_ops.merge_routed(h, idx, routed, num_img)
 
         if self.post_tread_trns is not None:
             h = self._run_blocks(self.post_tread_trns.blocks, h, mods, rope, mask=mask, transformer_options=transformer_options)
-        return self.out_patch(h[:, :num_img], height, width)
+        out = self.out_patch(h[:, :num_img], x_grid.shape[-2], x_grid.shape[-1])
+        if x_grid is not x:
+            out = out[:, :, :height, :width].contiguous()
+        return out

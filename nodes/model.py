@@ -35,7 +35,7 @@ from ..hdm_core import tread as tread_ops
 from ..hdm_core.config import XUTConfig
 from ..hdm_core.latents import LATENT_CHANNELS, LATENTS_MEAN, LATENTS_STD, denormalize, normalize
 from ..hdm_core.positions import camera_pos_map
-from ..hdm_core.xut import XUT
+from ..hdm_core.xut import XUT, patch_grid
 
 log = logging.getLogger(__name__)
 
@@ -152,12 +152,13 @@ class HDMDiffusionModel(XUT):
     def _forward(self, x, timesteps, context=None, transformer_options={}, hdm_camera=None, hdm_tread_gamma=0.0, hdm_seed=None, **kwargs):  # noqa: B006
         b, _, height, width = x.shape
         p = self.config.patch_size
-        if height % p or width % p:
+        if height < p or width < p:
             raise ValueError(
-                f"HDM needs an image width and height that are multiples of {8 * p} pixels; this latent is "
-                f"{width * 8}x{height * 8} px (latent {width}x{height}). Use e.g. "
-                f"{_round_to(width * 8, 8 * p)}x{_round_to(height * 8, 8 * p)} in Empty Latent Image."
+                f"HDM needs an image of at least {8 * p}x{8 * p} pixels; this latent is {width * 8}x{height * 8} px "
+                f"(latent {width}x{height}). Use a larger size in Empty Latent Image."
             )
+        # Any other size works: hdm_core pads latents off the 2x2 patch grid and crops back
+        # (ComfyUI's pad_to_patch_size rule), positions and aspect from the real size.
         x_shift, y_shift, zoom = hdm_camera if hdm_camera is not None else NEUTRAL_CAMERA
         # The reference front-ends always pass a latent-resolution camera map (even the
         # neutral one), which the model downsamples; built in float32 whatever the model dtype.
@@ -166,7 +167,8 @@ class HDMDiffusionModel(XUT):
         tread_mask = None
         gamma = float(hdm_tread_gamma or 0.0)
         if gamma > 0.0:
-            num_img = (height // p) * (width // p)
+            rows, cols = patch_grid(height, width, p)  # the padded grid the XUT routes
+            num_img = rows * cols
             t_list = timesteps.reshape(-1).tolist() if torch.is_tensor(timesteps) else [float(timesteps)]
             if len(t_list) == 1:
                 t_list = t_list * b
@@ -182,10 +184,6 @@ class HDMDiffusionModel(XUT):
         return super().forward(
             x, timesteps, ctx=context, pos_map=pos_map, tread_rate=0.0, tread_mask=tread_mask, transformer_options=transformer_options
         )
-
-
-def _round_to(value: int, multiple: int) -> int:
-    return max(multiple, int(round(value / multiple)) * multiple)
 
 
 # ----------------------------------------------------------------------------- BaseModel

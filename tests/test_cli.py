@@ -107,8 +107,9 @@ def test_prompt_file_batches_seeds_and_naming(tiny, tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv, code, message",
     [
-        (["-p", "x", "--width", "1000"], 2, "width 1000 is not a positive multiple of 16"),
-        (["-p", "x", "--height", "40"], 2, "height 40 is not a positive multiple of 16.*try 32 or 48"),
+        (["-p", "x", "--width", "1001"], 2, "width 1001 is not a multiple of 8"),
+        (["-p", "x", "--height", "44"], 2, "height 44 is not a multiple of 8.*try 40 or 48"),
+        (["-p", "x", "--height", "8"], 2, "height 8 is too small.*at least 16 px"),
         (["-p", "x", "--sampler", "ddim"], 2, "invalid choice: 'ddim'"),
         (["-p", "x", "--steps", "0"], 2, "--steps: must be >= 1"),
         (["-p", "x", "--seed", "abc"], 2, "--seed: expected a whole number"),

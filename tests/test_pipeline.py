@@ -154,13 +154,17 @@ def test_text_encoder_width_must_match(pipe):
         HDMPipeline(pipe.xut, wide, pipe.vae)
 
 
-def test_sizes_must_be_multiples_of_16():
+def test_sizes_must_be_multiples_of_8_and_at_least_16():
     assert latent_size(1024, 768) == (96, 128)
-    for w, h in ((1000, 1024), (1024, 1030), (0, 1024), (8, 16)):
-        with pytest.raises(ValueError, match="not a positive multiple of 16"):
+    assert latent_size(1000, 744) == (93, 125)  # off the 2x2 patch grid: the model pads and crops back
+    for w, h in ((1001, 1024), (1024, 1030)):
+        with pytest.raises(ValueError, match="not a multiple of 8"):
             check_size(w, h)
-    with pytest.raises(ValueError, match="width 1000 is not a positive multiple of 16.*try 992 or 1008"):
-        _params(width=1000).validate()
+    for w, h in ((0, 1024), (8, 16)):
+        with pytest.raises(ValueError, match="too small"):
+            check_size(w, h)
+    with pytest.raises(ValueError, match="width 1004 is not a multiple of 8.*try 1000 or 1008"):
+        _params(width=1004).validate()
 
 
 @pytest.mark.parametrize(
