@@ -12,7 +12,7 @@ import node_helpers
 
 from ..hdm_core.brackets import escape_danbooru
 from .model import CAMERA_KEY, TREAD_KEY
-from .v3 import io, schema
+from .v3 import check_options, io, schema
 
 BRACKET_MODES = ["danbooru", "comfy"]
 
@@ -60,6 +60,10 @@ class HDMTextEncode(io.ComfyNode):
             ],
             outputs=[io.Conditioning.Output(tooltip="The encoded prompt for HDM Sampler or KSampler.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, bracket_mode=None) -> bool | str:
+        return check_options(cls, bracket_mode=bracket_mode)
 
     @classmethod
     def execute(cls, clip, text, bracket_mode="danbooru") -> io.NodeOutput:

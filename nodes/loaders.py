@@ -40,7 +40,7 @@ from ..hdm_core.checkpoint import (
 from ..hdm_core.latents import LATENT_CHANNELS, LATENTS_MEAN, LATENTS_STD
 from .model import HDMConfig, expected_unet_keys
 from .text_encoder import QWEN3_HELP, TextEncoderError, clip_target, extract_text_encoder, looks_like_other_llm
-from .v3 import io, schema
+from .v3 import check_options, io, schema
 
 log = logging.getLogger(__name__)
 
@@ -480,11 +480,11 @@ class HDMCheckpointLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, ckpt_name, text_encoder) -> bool | str:
+    def validate_inputs(cls, ckpt_name=None, text_encoder=None, weight_dtype=None) -> bool | str:
         listed = _check_listed("checkpoints", ckpt_name, "HDM Checkpoint Loader: checkpoint", "ComfyUI/models/checkpoints")
-        if listed is not True or text_encoder == FROM_CHECKPOINT:
-            return listed
-        return _check_listed("text_encoders", text_encoder, "HDM Checkpoint Loader: text encoder", f"ComfyUI/models/text_encoders. {QWEN3_HELP}")
+        if listed is True and text_encoder != FROM_CHECKPOINT:
+            listed = _check_listed("text_encoders", text_encoder, "HDM Checkpoint Loader: text encoder", f"ComfyUI/models/text_encoders. {QWEN3_HELP}")
+        return listed if listed is not True else check_options(cls, weight_dtype=weight_dtype)
 
     @classmethod
     def execute(cls, ckpt_name, text_encoder=FROM_CHECKPOINT, weight_dtype="default") -> io.NodeOutput:
@@ -526,7 +526,7 @@ class HDMTextEncoderLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, text_encoder) -> bool | str:
+    def validate_inputs(cls, text_encoder=None) -> bool | str:
         return _check_listed("text_encoders", text_encoder, "HDM Text Encoder Loader: text encoder", f"ComfyUI/models/text_encoders. {QWEN3_HELP}")
 
     @classmethod

@@ -19,7 +19,7 @@ import latent_preview
 
 from ..hdm_core.flow import flow_timesteps
 from ..hdm_core.latents import LATENT_CHANNELS
-from .v3 import io, schema
+from .v3 import check_options, io, schema
 
 HDM_SCHEDULER = "hdm_uniform"
 
@@ -85,6 +85,10 @@ class HDMSampler(io.ComfyNode):
             ],
             outputs=[io.Latent.Output(tooltip="The denoised latent (decode with HDM VAE Decode or VAE Decode).")],
         )
+
+    @classmethod
+    def validate_inputs(cls, sampler_name=None, scheduler=None) -> bool | str:
+        return check_options(cls, sampler_name=sampler_name, scheduler=scheduler)
 
     @classmethod
     def execute(cls, model, positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, denoise=1.0) -> io.NodeOutput:

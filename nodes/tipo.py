@@ -17,7 +17,7 @@ import comfy.model_management
 import folder_paths
 
 from ..hdm_core import tipo as core
-from .v3 import io, schema
+from .v3 import ADVANCED, check_options, io, schema
 
 FOLDER = "tipo"
 NO_MODEL = "(no TIPO model in models/tipo)"
@@ -133,30 +133,31 @@ class HDMTipoPrompt(io.ComfyNode):
                 io.Combo.Input("nl_length", options=list(core.LENGTHS), default=d.nl_length, tooltip="How much natural language: very_short 1-2 sentences, short 2-4, long 4-8, very_long 8+."),
                 io.Int.Input("width", default=d.width, min=64, max=16384, step=8, tooltip="Image width; TIPO is told the aspect ratio."),
                 io.Int.Input("height", default=d.height, min=64, max=16384, step=8, tooltip="Image height; TIPO is told the aspect ratio."),
-                io.Float.Input("temperature", default=d.temperature, min=0.01, max=2.0, step=0.01, tooltip="Sampling temperature: higher is more varied."),
-                io.Float.Input("top_p", default=d.top_p, min=0.01, max=1.0, step=0.01, tooltip="Nucleus sampling: keep the most likely tokens up to this probability mass."),
-                io.Int.Input("top_k", default=d.top_k, min=0, max=1000, tooltip="Sample among the k most likely tokens (0: no limit)."),
-                io.Float.Input("min_p", default=d.min_p, min=0.0, max=0.99, step=0.01, tooltip="Drop tokens less likely than min_p times the most likely one (0: off)."),
+                io.Float.Input("temperature", **ADVANCED, default=d.temperature, min=0.01, max=2.0, step=0.01, tooltip="Sampling temperature: higher is more varied."),
+                io.Float.Input("top_p", **ADVANCED, default=d.top_p, min=0.01, max=1.0, step=0.01, tooltip="Nucleus sampling: keep the most likely tokens up to this probability mass."),
+                io.Int.Input("top_k", **ADVANCED, default=d.top_k, min=0, max=1000, tooltip="Sample among the k most likely tokens (0: no limit)."),
+                io.Float.Input("min_p", **ADVANCED, default=d.min_p, min=0.0, max=0.99, step=0.01, tooltip="Drop tokens less likely than min_p times the most likely one (0: off)."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True, tooltip="The same seed, inputs and model give the same prompt."),
-                io.Combo.Input("device", options=["auto", "cpu"], default="auto", tooltip="auto: ComfyUI's device (GPU in fp16, parked on the CPU between runs); cpu: fp32 on the CPU."),
-                io.Int.Input("max_retry", default=d.max_retry, min=0, max=10, tooltip="Extra passes when TIPO writes less than the length target; each continues the previous one."),
-                io.Int.Input("max_new_tokens", default=d.max_new_tokens, min=16, max=2048, step=16, tooltip="Most tokens TIPO writes per pass."),
-                io.Boolean.Input("length_check", default=True, tooltip="Stop with an error when the length target is still missed after the retries. Off: use what TIPO wrote."),
+                io.Combo.Input("device", **ADVANCED, options=["auto", "cpu"], default="auto", tooltip="auto: ComfyUI's device (GPU in fp16, parked on the CPU between runs); cpu: fp32 on the CPU."),
+                io.Int.Input("max_retry", **ADVANCED, default=d.max_retry, min=0, max=10, tooltip="Extra passes when TIPO writes less than the length target; each continues the previous one."),
+                io.Int.Input("max_new_tokens", **ADVANCED, default=d.max_new_tokens, min=16, max=2048, step=16, tooltip="Most tokens TIPO writes per pass."),
+                io.Boolean.Input("length_check", **ADVANCED, default=True, tooltip="Stop with an error when the length target is still missed after the retries. Off: use what TIPO wrote."),
                 _escape(),
             ],
             outputs=_outputs(),
         )
 
     @classmethod
-    def validate_inputs(cls, model, format) -> bool | str:
-        """A missing model or a template typo is reported before the graph runs (same messages as at run time)."""
+    def validate_inputs(cls, model=None, format=None, tag_length=None, nl_length=None, device=None) -> bool | str:
+        """A missing model, a template typo or an unknown option is reported before the graph runs (same messages as at run time)."""
         if model is not None:
             names = _model_names()
             if model == NO_MODEL:
                 return core.no_model_message(_folders())
             if model not in names:
                 return f"TIPO model '{model}' is not in {', '.join(_folders())}; pick one of: {', '.join(names)}"
-        return _check_format(format)
+        checked = _check_format(format)
+        return checked if checked is not True else check_options(cls, tag_length=tag_length, nl_length=nl_length, device=device)
 
     @classmethod
     def execute(cls, tags, nl_prompt, ban_tags, model, format, tag_length, nl_length, width, height, temperature, top_p, top_k, min_p, seed, device, max_retry, max_new_tokens, length_check, escape_brackets) -> io.NodeOutput:
@@ -211,7 +212,7 @@ class HDMPromptFormat(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, format) -> bool | str:
+    def validate_inputs(cls, format=None) -> bool | str:
         return _check_format(format)
 
     @classmethod

@@ -214,3 +214,22 @@ def test_workflows_use_model_card_defaults(name):
     assert loader == {"ckpt_name": H.CKPT_NAME, "text_encoder": H.TE_NAME}
     for tipo in (v["inputs"] for v in api.values() if v["class_type"] == "HDMTipoPrompt"):
         assert (tipo["width"], tipo["height"]) == (latent["width"], latent["height"]), "TIPO is told another aspect ratio than the image has"
+
+
+def test_rarely_changed_options_are_advanced_where_the_host_has_the_flag(cui):
+    """v0.33 draws "advanced" widgets only on request; they keep their slot, so saved widgets_values still fit."""
+    import inspect
+
+    from comfy_api.latest import io
+
+    supported = "advanced" in inspect.signature(io.Int.Input.__init__).parameters
+    for node_id, advanced, basic in (
+        ("HDMTrainLyCORIS", {"lokr_factor", "exclude", "precision", "tread_rate"}, {"algorithm", "rank", "alpha", "steps", "learning_rate", "save_name"}),
+        ("HDMTipoPrompt", {"temperature", "top_p", "max_new_tokens"}, {"tags", "nl_prompt", "model", "tag_length", "seed"}),
+    ):
+        spec = input_spec(cui.nodes.NODE_CLASS_MAPPINGS[node_id])
+        flagged = {name for name, definition in spec.items() if len(definition) > 1 and definition[1].get("advanced")}
+        if supported:
+            assert advanced <= flagged and not basic & flagged, (node_id, flagged)
+        else:
+            assert flagged == set(), (node_id, flagged)
