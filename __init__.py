@@ -1,12 +1,13 @@
 """ComfyUI entry point of the HDM node pack.
 
 ComfyUI imports this folder as a package by file path, so everything below is imported
-relatively. The nodes use the classic ``NODE_CLASS_MAPPINGS`` API, which every ComfyUI
-release from 0.3.x on understands.
+relatively. The nodes use ComfyUI's V3 schema: the pack exports ``comfy_entrypoint`` (an
+async function returning a ``ComfyExtension``) and deliberately no ``NODE_CLASS_MAPPINGS``,
+because ComfyUI's loader takes the V1 mappings first when a module has both.
 """
 
-from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+from .nodes import comfy_entrypoint
 
 WEB_DIRECTORY = None
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+__all__ = ["comfy_entrypoint"]

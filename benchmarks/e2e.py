@@ -146,14 +146,14 @@ def run_comfyui(args, paths) -> tuple[dict, object]:
     timer = Timer()
     with torch.inference_mode():
         with timer("load"):
-            model, _, vae = hdm.HDMCheckpointLoader().load(CKPT, "model.safetensors")
-            (clip,) = hdm.HDMTextEncoderLoader().load("model.safetensors")
+            model, _, vae = hdm.HDMCheckpointLoader.execute(CKPT, "model.safetensors").result
+            (clip,) = hdm.HDMTextEncoderLoader.execute("model.safetensors").result
         with timer("text encode"):
-            (pos,) = hdm.HDMTextEncode().encode(clip, PROMPT)
-            (neg,) = hdm.HDMTextEncode().encode(clip, NEGATIVE)
+            (pos,) = hdm.HDMTextEncode.execute(clip, PROMPT).result
+            (neg,) = hdm.HDMTextEncode.execute(clip, NEGATIVE).result
         latent = {"samples": torch.zeros(1, 4, args.size // 8, args.size // 8)}
         with timer("sampling"):
-            (out,) = hdm.HDMSampler().sample(model, pos, neg, latent, args.seed, args.steps, args.cfg, "euler", "hdm_uniform")
+            (out,) = hdm.HDMSampler.execute(model, pos, neg, latent, args.seed, args.steps, args.cfg, "euler", "hdm_uniform").result
         with timer("VAE decode"):
             (images,) = nodes.VAEDecode().decode(vae, out)
     return {"stages": timer.stages, "dtype": str(model.model.get_dtype()).replace("torch.", "")}, images[0].permute(2, 0, 1)

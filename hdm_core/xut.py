@@ -200,8 +200,14 @@ def pad_to_patch_size(x: torch.Tensor, patch_size: int) -> torch.Tensor:
 
 
 def island_dtype(dtype: torch.dtype | None) -> torch.dtype:
-    """Parameter dtype of the conditioning path for a model of ``dtype``: at least float32."""
-    return torch.promote_types(dtype if dtype is not None else torch.get_default_dtype(), torch.float32)
+    """Parameter dtype of the conditioning path for a model of ``dtype``: at least float32.
+
+    fp8 storage (ComfyUI's fp8 ``weight_dtype``) has no type promotion in PyTorch; its island is float32.
+    """
+    dtype = dtype if dtype is not None else torch.get_default_dtype()
+    if dtype.itemsize < 2:
+        return torch.float32
+    return torch.promote_types(dtype, torch.float32)
 
 
 #: State-dict prefixes of the conditioning path, whose weights stay at least float32.

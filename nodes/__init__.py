@@ -1,32 +1,38 @@
-"""ComfyUI nodes for HDM: thin adapters over ``hdm_core`` (classic V1 node API, category "HDM")."""
+"""ComfyUI nodes for HDM: thin adapters over ``hdm_core`` on ComfyUI's V3 node schema (category "HDM").
+
+Node ids, input names, widget order and output slots are those of the V1 pack, so workflows
+saved with it open and run unchanged (tests/test_comfy_legacy_workflows.py).
+"""
 
 from .conditioning import HDMCamera, HDMTextEncode, HDMTreadGuidance
 from .loaders import HDMCheckpointLoader, HDMTextEncoderLoader
 from .sampler import HDMSampler
+from .tipo import HDMPromptFormat, HDMTipoPrompt
 from .train import HDMTrainLyCORIS
-from .tipo import NODE_CLASS_MAPPINGS as _TIPO_NODES, NODE_DISPLAY_NAME_MAPPINGS as _TIPO_NAMES
+from .v3 import ComfyExtension, io
 from .vae import HDMVAEDecode
 
-NODE_CLASS_MAPPINGS: dict[str, type] = {
-    "HDMCheckpointLoader": HDMCheckpointLoader,
-    "HDMTextEncoderLoader": HDMTextEncoderLoader,
-    "HDMTextEncode": HDMTextEncode,
-    "HDMCamera": HDMCamera,
-    "HDMTreadGuidance": HDMTreadGuidance,
-    "HDMSampler": HDMSampler,
-    "HDMVAEDecode": HDMVAEDecode,
-    "HDMTrainLyCORIS": HDMTrainLyCORIS,
-    **_TIPO_NODES,
-}
+#: Every node of the pack, in the order of the "HDM" menu.
+NODE_LIST: list[type[io.ComfyNode]] = [
+    HDMCheckpointLoader,
+    HDMTextEncoderLoader,
+    HDMTextEncode,
+    HDMCamera,
+    HDMTreadGuidance,
+    HDMSampler,
+    HDMVAEDecode,
+    HDMTrainLyCORIS,
+    HDMTipoPrompt,
+    HDMPromptFormat,
+]
 
-NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
-    "HDMCheckpointLoader": "HDM Checkpoint Loader",
-    "HDMTextEncoderLoader": "HDM Text Encoder Loader",
-    "HDMTextEncode": "HDM Text Encode (Qwen3)",
-    "HDMCamera": "HDM Camera",
-    "HDMTreadGuidance": "HDM TREAD Guidance",
-    "HDMSampler": "HDM Sampler",
-    "HDMVAEDecode": "HDM VAE Decode",
-    "HDMTrainLyCORIS": "HDM Train LyCORIS",
-    **_TIPO_NAMES,
-}
+
+class HDMExtension(ComfyExtension):
+    """The pack as a V3 extension: ComfyUI registers each node under its schema's ``node_id``."""
+
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODE_LIST)
+
+
+async def comfy_entrypoint() -> HDMExtension:
+    return HDMExtension()

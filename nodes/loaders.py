@@ -40,6 +40,7 @@ from ..hdm_core.checkpoint import (
 from ..hdm_core.latents import LATENT_CHANNELS, LATENTS_MEAN, LATENTS_STD
 from .model import HDMConfig, expected_unet_keys
 from .text_encoder import QWEN3_HELP, TextEncoderError, clip_target, extract_text_encoder, looks_like_other_llm
+from .v3 import check_options, io, schema
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +182,8 @@ def build_model(sd: dict[str, torch.Tensor], what: str, report: LoadReport, mode
         unet_dtype = mm.unet_dtype(model_params=parameters, supported_dtypes=list(model_config.supported_inference_dtypes), weight_dtype=weight_dtype)
     manual_cast_dtype = mm.unet_manual_cast(unet_dtype, load_device, model_config.supported_inference_dtypes)
     model_config.set_inference_dtype(unet_dtype, manual_cast_dtype)
+    if model_options.get("fp8_optimizations", False):
+        model_config.optimizations["fp8"] = True
 
     initial_device = mm.unet_inital_load_device(parameters, unet_dtype)
     model = model_config.get_model(unet_sd, "", device=initial_device)
@@ -398,74 +401,137 @@ class MissingTextEncoder:
         raise MissingTextEncoderError(object.__getattribute__(self, "_hdm_message"))
 
 
-class HDMCheckpointLoader:
+#: weight_dtype choices of HDM Checkpoint Loader: UNETLoader's, plus the dtypes HDM runs in.
+WEIGHT_DTYPES = ["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2", "fp16", "bf16", "fp32"]
+
+
+def weight_dtype_options(weight_dtype: str) -> dict:
+    """``model_options`` for a ``weight_dtype`` choice, as UNETLoader builds them.
+
+    The storage dtype goes to ComfyUI as ``model_options["dtype"]``; ComfyUI's model
+    management then picks the compute dtype (``unet_manual_cast``) and its ops cast each
+    weight on use (fp8 and, on devices without it, bf16/fp16). "default" lets ComfyUI choose.
+    """
+    dtypes = {
+        "fp8_e4m3fn": torch.float8_e4m3fn,
+        "fp8_e4m3fn_fast": torch.float8_e4m3fn,
+        "fp8_e5m2": torch.float8_e5m2,
+        "fp16": torch.float16,
+        "bf16": torch.bfloat16,
+        "fp32": torch.float32,
+    }
+    if weight_dtype == "default":
+        return {}
+    if weight_dtype not in dtypes:
+        raise HDMLoadError(f"HDM Checkpoint Loader: weight_dtype must be one of {', '.join(WEIGHT_DTYPES)}, got '{weight_dtype}'")
+    options: dict[str, Any] = {"dtype": dtypes[weight_dtype]}
+    if weight_dtype == "fp8_e4m3fn_fast":
+        options["fp8_optimizations"] = True
+    return options
+
+
+def _check_listed(folder: str, name: str, what: str, where: str) -> bool | str:
+    """``True``, or the message for a file name the folder does not hold (validate_inputs).
+
+    A linked input arrives as ``None`` (its value is known only at run time): not checked here.
+    """
+    if name is None or name in folder_paths.get_filename_list(folder):
+        return True
+    return f"{what} '{name}' is not in {where}; put the file there (or pick one of the listed files) and refresh."
+
+
+class HDMCheckpointLoader(io.ComfyNode):
     """HDM all-in-one file (+ optional separate Qwen3-0.6B file) → MODEL, CLIP, VAE."""
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "ckpt_name": (
-                    folder_paths.get_filename_list("checkpoints"),
-                    {"tooltip": "The HDM checkpoint (e.g. hdm-xut-340M-1024px-note.safetensors) in ComfyUI/models/checkpoints. It holds the XUT diffusion model and the EQ-SDXL-VAE."},
+    def define_schema(cls) -> io.Schema:
+        return schema(
+            node_id="HDMCheckpointLoader",
+            display_name="HDM Checkpoint Loader",
+            description="Loads an HDM (Home-made Diffusion Model) checkpoint and its Qwen3-0.6B text encoder.",
+            search_aliases=["hdm", "home-made diffusion", "anime", "load checkpoint hdm", "xut", "qwen"],
+            inputs=[
+                io.Combo.Input(
+                    "ckpt_name",
+                    options=folder_paths.get_filename_list("checkpoints"),
+                    tooltip="The HDM checkpoint (e.g. hdm-xut-340M-1024px-note.safetensors) in ComfyUI/models/checkpoints. It holds the XUT diffusion model and the EQ-SDXL-VAE.",
                 ),
-                "text_encoder": (
-                    [FROM_CHECKPOINT] + folder_paths.get_filename_list("text_encoders"),
-                    {"tooltip": "The Qwen3-0.6B text encoder (https://huggingface.co/Qwen/Qwen3-0.6B, model.safetensors) in ComfyUI/models/text_encoders. Released HDM checkpoints do not include it; 'from checkpoint' uses the one inside the checkpoint (trainer checkpoints)."},
+                io.Combo.Input(
+                    "text_encoder",
+                    options=[FROM_CHECKPOINT] + folder_paths.get_filename_list("text_encoders"),
+                    tooltip="The Qwen3-0.6B text encoder (https://huggingface.co/Qwen/Qwen3-0.6B, model.safetensors) in ComfyUI/models/text_encoders. Released HDM checkpoints do not include it; 'from checkpoint' uses the one inside the checkpoint (trainer checkpoints).",
                 ),
-            },
-        }
+                io.Combo.Input(
+                    "weight_dtype",
+                    options=WEIGHT_DTYPES,
+                    default="default",
+                    optional=True,
+                    tooltip="Storage dtype of the diffusion model's weights, as in Load Diffusion Model: default lets ComfyUI choose; fp8 halves "
+                    "the memory of fp16 (weights are cast up for compute; fp8_e4m3fn_fast uses fp8 matmuls on GPUs that have them); "
+                    "fp16/bf16/fp32 force that dtype. The text encoder and VAE are not affected.",
+                ),
+            ],
+            outputs=[
+                io.Model.Output(tooltip="The HDM diffusion model (XUT), used for denoising latents."),
+                io.Clip.Output(tooltip="The Qwen3-0.6B text encoder, used to encode prompts."),
+                io.Vae.Output(tooltip="The EQ-SDXL-VAE, used to decode latents to images and encode images to latents."),
+            ],
+        )
 
-    RETURN_TYPES = ("MODEL", "CLIP", "VAE")
-    OUTPUT_TOOLTIPS = (
-        "The HDM diffusion model (XUT), used for denoising latents.",
-        "The Qwen3-0.6B text encoder, used to encode prompts.",
-        "The EQ-SDXL-VAE, used to decode latents to images and encode images to latents.",
-    )
-    FUNCTION = "load"
-    CATEGORY = "HDM"
-    DESCRIPTION = "Loads an HDM (Home-made Diffusion Model) checkpoint and its Qwen3-0.6B text encoder."
+    @classmethod
+    def validate_inputs(cls, ckpt_name=None, text_encoder=None, weight_dtype=None) -> bool | str:
+        listed = _check_listed("checkpoints", ckpt_name, "HDM Checkpoint Loader: checkpoint", "ComfyUI/models/checkpoints")
+        if listed is True and text_encoder != FROM_CHECKPOINT:
+            listed = _check_listed("text_encoders", text_encoder, "HDM Checkpoint Loader: text encoder", f"ComfyUI/models/text_encoders. {QWEN3_HELP}")
+        return listed if listed is not True else check_options(cls, weight_dtype=weight_dtype)
 
-    def load(self, ckpt_name, text_encoder=FROM_CHECKPOINT):
+    @classmethod
+    def execute(cls, ckpt_name, text_encoder=FROM_CHECKPOINT, weight_dtype="default") -> io.NodeOutput:
         ckpt_path = folder_paths.get_full_path_or_raise("checkpoints", ckpt_name)
         te_path = None if text_encoder == FROM_CHECKPOINT else folder_paths.get_full_path_or_raise("text_encoders", text_encoder)
         embedding_directory = folder_paths.get_folder_paths("embeddings")
+        model_options = weight_dtype_options(weight_dtype)
         model, clip, vae, _ = load_hdm_checkpoint(
-            ckpt_path, te_path, embedding_directory=embedding_directory, require_text_encoder=False
+            ckpt_path, te_path, embedding_directory=embedding_directory, model_options=model_options, require_text_encoder=False
         )
-        model.cached_patcher_init = (reload_model_patcher, (ckpt_path, None))
+        model.cached_patcher_init = (reload_model_patcher, (ckpt_path, model_options or None))
         if clip is None:
             clip = MissingTextEncoder(f"checkpoint '{ckpt_name}'")
         else:
             clip.patcher.cached_patcher_init = (reload_clip_patcher, (ckpt_path, te_path, embedding_directory, None))
         if getattr(vae, "patcher", None) is not None:
             vae.patcher.cached_patcher_init = (reload_vae_patcher, (ckpt_path,))
-        return (model, clip, vae)
+        return io.NodeOutput(model, clip, vae)
 
 
-class HDMTextEncoderLoader:
+class HDMTextEncoderLoader(io.ComfyNode):
     """A standalone Qwen3-0.6B file → CLIP for HDM."""
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "text_encoder": (
-                    folder_paths.get_filename_list("text_encoders"),
-                    {"tooltip": "Qwen3-0.6B (https://huggingface.co/Qwen/Qwen3-0.6B, model.safetensors) in ComfyUI/models/text_encoders: the Hugging Face file as is (with or without the 'model.' prefix); pick any shard of a sharded download."},
+    def define_schema(cls) -> io.Schema:
+        return schema(
+            node_id="HDMTextEncoderLoader",
+            display_name="HDM Text Encoder Loader",
+            description="Loads HDM's text encoder (Qwen3-0.6B) from ComfyUI/models/text_encoders, without any download.",
+            search_aliases=["qwen", "qwen3", "load clip hdm", "text encoder hdm"],
+            inputs=[
+                io.Combo.Input(
+                    "text_encoder",
+                    options=folder_paths.get_filename_list("text_encoders"),
+                    tooltip="Qwen3-0.6B (https://huggingface.co/Qwen/Qwen3-0.6B, model.safetensors) in ComfyUI/models/text_encoders: the Hugging Face file as is (with or without the 'model.' prefix); pick any shard of a sharded download.",
                 ),
-            }
-        }
+            ],
+            outputs=[io.Clip.Output(tooltip="The Qwen3-0.6B text encoder for HDM Text Encode or CLIP Text Encode.")],
+        )
 
-    RETURN_TYPES = ("CLIP",)
-    OUTPUT_TOOLTIPS = ("The Qwen3-0.6B text encoder for HDM Text Encode or CLIP Text Encode.",)
-    FUNCTION = "load"
-    CATEGORY = "HDM"
-    DESCRIPTION = "Loads HDM's text encoder (Qwen3-0.6B) from ComfyUI/models/text_encoders, without any download."
+    @classmethod
+    def validate_inputs(cls, text_encoder=None) -> bool | str:
+        return _check_listed("text_encoders", text_encoder, "HDM Text Encoder Loader: text encoder", f"ComfyUI/models/text_encoders. {QWEN3_HELP}")
 
-    def load(self, text_encoder):
+    @classmethod
+    def execute(cls, text_encoder) -> io.NodeOutput:
         path = folder_paths.get_full_path_or_raise("text_encoders", text_encoder)
         embedding_directory = folder_paths.get_folder_paths("embeddings")
         clip, _ = load_hdm_text_encoder(path, embedding_directory)
         clip.patcher.cached_patcher_init = (reload_text_encoder_patcher, (path, embedding_directory, None))
-        return (clip,)
+        return io.NodeOutput(clip)

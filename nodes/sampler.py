@@ -19,6 +19,7 @@ import latent_preview
 
 from ..hdm_core.flow import flow_timesteps
 from ..hdm_core.latents import LATENT_CHANNELS
+from .v3 import check_options, io, schema
 
 HDM_SCHEDULER = "hdm_uniform"
 
@@ -57,34 +58,40 @@ def check_hdm_latent(samples: torch.Tensor) -> None:
         )
 
 
-class HDMSampler:
+class HDMSampler(io.ComfyNode):
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "model": ("MODEL", {"tooltip": "The HDM model (from HDM Checkpoint Loader, optionally through LoRA or ModelSampling nodes)."}),
-                "positive": ("CONDITIONING", {"tooltip": "What the image should show (HDM Text Encode), optionally through HDM Camera / HDM TREAD Guidance."}),
-                "negative": ("CONDITIONING", {"tooltip": "What to steer away from; an empty prompt is HDM's usual unconditional input."}),
-                "latent_image": ("LATENT", {"tooltip": "The latent to denoise: Empty Latent Image with width and height multiples of 16 (1024x1024, 1280x960, 1440x800 ...)."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True, "tooltip": "Seed of the starting noise (and of TREAD's token choice); the same seed gives the same image."}),
-                "steps": ("INT", {"default": 24, "min": 1, "max": 10000, "tooltip": "Number of sampling steps; the model card recommends 16-32."}),
-                "cfg": ("FLOAT", {"default": 3.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01, "tooltip": "Classifier-free guidance scale; the model card recommends 2-4."}),
-                "sampler_name": (comfy.samplers.KSampler.SAMPLERS, {"default": "euler", "tooltip": "The sampling algorithm; HDM's reference sampler is euler."}),
-                "scheduler": (
-                    [HDM_SCHEDULER] + list(comfy.samplers.KSampler.SCHEDULERS),
-                    {"default": HDM_SCHEDULER, "tooltip": "hdm_uniform: HDM's reference schedule (uniform steps from t=1 to 0, shifted only by a ModelSampling node). The others are ComfyUI's schedulers."},
+    def define_schema(cls) -> io.Schema:
+        return schema(
+            node_id="HDMSampler",
+            display_name="HDM Sampler",
+            description="Samples HDM with flow matching: the reference's schedule and noise on ComfyUI's samplers, with progress, previews and interrupt.",
+            search_aliases=["hdm ksampler", "anime sampler", "flow matching sampler", "hdm txt2img"],
+            inputs=[
+                io.Model.Input("model", tooltip="The HDM model (from HDM Checkpoint Loader, optionally through LoRA or ModelSampling nodes)."),
+                io.Conditioning.Input("positive", tooltip="What the image should show (HDM Text Encode), optionally through HDM Camera / HDM TREAD Guidance."),
+                io.Conditioning.Input("negative", tooltip="What to steer away from; an empty prompt is HDM's usual unconditional input."),
+                io.Latent.Input("latent_image", tooltip="The latent to denoise: Empty Latent Image with width and height multiples of 16 (1024x1024, 1280x960, 1440x800 ...)."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True, tooltip="Seed of the starting noise (and of TREAD's token choice); the same seed gives the same image."),
+                io.Int.Input("steps", default=24, min=1, max=10000, tooltip="Number of sampling steps; the model card recommends 16-32."),
+                io.Float.Input("cfg", default=3.0, min=0.0, max=100.0, step=0.1, round=0.01, tooltip="Classifier-free guidance scale; the model card recommends 2-4."),
+                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="euler", tooltip="The sampling algorithm; HDM's reference sampler is euler."),
+                io.Combo.Input(
+                    "scheduler",
+                    options=[HDM_SCHEDULER] + list(comfy.samplers.KSampler.SCHEDULERS),
+                    default=HDM_SCHEDULER,
+                    tooltip="hdm_uniform: HDM's reference schedule (uniform steps from t=1 to 0, shifted only by a ModelSampling node). The others are ComfyUI's schedulers.",
                 ),
-                "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "How much of the schedule to run: 1 for text-to-image, lower keeps more of an input latent (image-to-image)."}),
-            }
-        }
+                io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01, tooltip="How much of the schedule to run: 1 for text-to-image, lower keeps more of an input latent (image-to-image)."),
+            ],
+            outputs=[io.Latent.Output(tooltip="The denoised latent (decode with HDM VAE Decode or VAE Decode).")],
+        )
 
-    RETURN_TYPES = ("LATENT",)
-    OUTPUT_TOOLTIPS = ("The denoised latent (decode with HDM VAE Decode or VAE Decode).",)
-    FUNCTION = "sample"
-    CATEGORY = "HDM"
-    DESCRIPTION = "Samples HDM with flow matching: the reference's schedule and noise on ComfyUI's samplers, with progress, previews and interrupt."
+    @classmethod
+    def validate_inputs(cls, sampler_name=None, scheduler=None) -> bool | str:
+        return check_options(cls, sampler_name=sampler_name, scheduler=scheduler)
 
-    def sample(self, model, positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, denoise=1.0):
+    @classmethod
+    def execute(cls, model, positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, denoise=1.0) -> io.NodeOutput:
         latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
         check_hdm_latent(latent)
         noise = comfy.sample.prepare_noise(latent, seed, latent_image.get("batch_index"))
@@ -92,7 +99,7 @@ class HDMSampler:
         out = latent_image.copy()
         if sigmas.numel() == 0:
             out["samples"] = latent
-            return (out,)
+            return io.NodeOutput(out)
         callback = latent_preview.prepare_callback(model, sigmas.shape[-1] - 1)
         samples = comfy.sample.sample_custom(
             model,
@@ -109,4 +116,4 @@ class HDMSampler:
             seed=seed,
         )
         out["samples"] = samples
-        return (out,)
+        return io.NodeOutput(out)

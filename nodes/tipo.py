@@ -17,6 +17,7 @@ import comfy.model_management
 import folder_paths
 
 from ..hdm_core import tipo as core
+from .v3 import ADVANCED, check_options, io, schema
 
 FOLDER = "tipo"
 NO_MODEL = "(no TIPO model in models/tipo)"
@@ -32,8 +33,6 @@ def _model_names() -> list[str]:
     return list(core.find_models(_folders())) or [NO_MODEL]
 
 
-_OUTPUTS = ("STRING", "STRING", "STRING")
-_OUTPUT_NAMES = ("prompt", "prompt_unescaped", "categories")
 _OUTPUT_TOOLTIPS = (
     "The prompt in HDM's layout, with literal brackets escaped as \\( \\) so ComfyUI's text encoders do not read "
     "them as weights (unless escape_brackets is off). Feed it to a text encode node.",
@@ -41,96 +40,127 @@ _OUTPUT_TOOLTIPS = (
     "JSON: the tags per category (special, characters, copyrights, artist, general, quality, rating, meta) and the "
     "natural language (extended, generated), unescaped.",
 )
-_TAGS = (
-    "STRING",
-    {
-        "multiline": True,
-        "default": "",
-        "tooltip": "Danbooru tags, comma-separated. Brackets in tag names are literal: izuna (blue archive) and "
+
+
+def _outputs() -> list:
+    """prompt, prompt_unescaped, categories (STRING each); output ids differ from the input ids, as V3 requires."""
+    names = ("prompt", "prompt_unescaped", "categories")
+    return [io.String.Output(f"{n}_out", display_name=n, tooltip=t) for n, t in zip(names, _OUTPUT_TOOLTIPS)]
+
+
+def _tags() -> io.Input:
+    return io.String.Input(
+        "tags",
+        multiline=True,
+        default="",
+        tooltip="Danbooru tags, comma-separated. Brackets in tag names are literal: izuna (blue archive) and "
         "izuna \\(blue archive\\) are the same tag. (tag:1.2) keeps its weight; BREAK stays after the tag before it.",
-    },
-)
-_NL = (
-    "STRING",
-    {"multiline": True, "default": "", "tooltip": "Natural-language description. Brackets are literal; (word:1.2) keeps its weight."},
-)
-_FORMAT = (
-    "STRING",
-    {
-        "multiline": True,
-        "default": core.HDM_TEMPLATE,
-        "tooltip": "Output layout. Placeholders: <|special|> <|characters|> <|copyrights|> <|artist|> <|general|> "
+    )
+
+
+def _nl() -> io.Input:
+    return io.String.Input(
+        "nl_prompt", multiline=True, default="", tooltip="Natural-language description. Brackets are literal; (word:1.2) keeps its weight."
+    )
+
+
+def _format() -> io.Input:
+    return io.String.Input(
+        "format",
+        multiline=True,
+        default=core.HDM_TEMPLATE,
+        tooltip="Output layout. Placeholders: <|special|> <|characters|> <|copyrights|> <|artist|> <|general|> "
         "<|extended|> (your natural language, extended; TIPO's own text when you gave none) <|generated|> <|quality|> "
         "<|rating|> <|meta|>. Empty parts disappear with the comma or period after them. Default: HDM's layout.",
-    },
-)
-_ESCAPE = (
-    "BOOLEAN",
-    {"default": True, "tooltip": "Escape literal brackets as \\( \\) for ComfyUI's prompt weights. Off: plain brackets."},
-)
+    )
+
+
+def _escape() -> io.Input:
+    return io.Boolean.Input(
+        "escape_brackets", default=True, tooltip="Escape literal brackets as \\( \\) for ComfyUI's prompt weights. Off: plain brackets."
+    )
+
+
+def _check_format(format: str | None) -> bool | str:
+    """validate_inputs' check of a format template: ``True`` or the error message (None: linked, checked at run time)."""
+    if format is None:
+        return True
+    try:
+        core.check_template(format)
+    except core.TipoError as exc:
+        return str(exc)
+    return True
 
 
 def _categories_json(categories: dict) -> str:
     return json.dumps(categories, ensure_ascii=False, indent=1)
 
 
-class HDMTipoPrompt:
+class HDMTipoPrompt(io.ComfyNode):
     """Expand a prompt with a local TIPO model into HDM's layout."""
 
-    CATEGORY = "HDM"
-    FUNCTION = "expand"
-    RETURN_TYPES = _OUTPUTS
-    RETURN_NAMES = _OUTPUT_NAMES
-    OUTPUT_TOOLTIPS = _OUTPUT_TOOLTIPS
-    DESCRIPTION = (
-        "TIPO prompt expansion: adds danbooru tags and natural language to your prompt with a small local language "
-        "model (models/tipo), sorts everything into HDM's layout and escapes brackets for ComfyUI. The same seed "
-        "gives the same prompt."
-    )
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        d = core.TipoSettings()
+        return schema(
+            node_id="HDMTipoPrompt",
+            display_name="HDM TIPO Prompt",
+            description=(
+                "TIPO prompt expansion: adds danbooru tags and natural language to your prompt with a small local language "
+                "model (models/tipo), sorts everything into HDM's layout and escapes brackets for ComfyUI. The same seed "
+                "gives the same prompt."
+            ),
+            search_aliases=["tipo", "prompt expansion", "prompt generator", "danbooru tags", "anime prompt", "prompt upsampling"],
+            inputs=[
+                _tags(),
+                _nl(),
+                io.String.Input(
+                    "ban_tags",
+                    multiline=True,
+                    default="",
+                    tooltip="Comma-separated tags TIPO must not add (your own tags are never removed). Whole tags, "
+                    "case and _ ignored; * is a wildcard (*text*).",
+                ),
+                io.Combo.Input(
+                    "model",
+                    options=_model_names(),
+                    tooltip="TIPO model from models/tipo: a folder with config.json, model.safetensors, "
+                    "tokenizer.model and the tokenizer configs (e.g. KBlueLeaf/TIPO-200M-ft2), or a .gguf file "
+                    "(needs llama-cpp-python).",
+                ),
+                _format(),
+                io.Combo.Input("tag_length", options=list(core.LENGTHS), default=d.tag_length, tooltip="How many tags to reach: very_short 6-18, short 18-36, long 36-54, very_long 54-72."),
+                io.Combo.Input("nl_length", options=list(core.LENGTHS), default=d.nl_length, tooltip="How much natural language: very_short 1-2 sentences, short 2-4, long 4-8, very_long 8+."),
+                io.Int.Input("width", default=d.width, min=64, max=16384, step=8, tooltip="Image width; TIPO is told the aspect ratio."),
+                io.Int.Input("height", default=d.height, min=64, max=16384, step=8, tooltip="Image height; TIPO is told the aspect ratio."),
+                io.Float.Input("temperature", **ADVANCED, default=d.temperature, min=0.01, max=2.0, step=0.01, tooltip="Sampling temperature: higher is more varied."),
+                io.Float.Input("top_p", **ADVANCED, default=d.top_p, min=0.01, max=1.0, step=0.01, tooltip="Nucleus sampling: keep the most likely tokens up to this probability mass."),
+                io.Int.Input("top_k", **ADVANCED, default=d.top_k, min=0, max=1000, tooltip="Sample among the k most likely tokens (0: no limit)."),
+                io.Float.Input("min_p", **ADVANCED, default=d.min_p, min=0.0, max=0.99, step=0.01, tooltip="Drop tokens less likely than min_p times the most likely one (0: off)."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True, tooltip="The same seed, inputs and model give the same prompt."),
+                io.Combo.Input("device", **ADVANCED, options=["auto", "cpu"], default="auto", tooltip="auto: ComfyUI's device (GPU in fp16, parked on the CPU between runs); cpu: fp32 on the CPU."),
+                io.Int.Input("max_retry", **ADVANCED, default=d.max_retry, min=0, max=10, tooltip="Extra passes when TIPO writes less than the length target; each continues the previous one."),
+                io.Int.Input("max_new_tokens", **ADVANCED, default=d.max_new_tokens, min=16, max=2048, step=16, tooltip="Most tokens TIPO writes per pass."),
+                io.Boolean.Input("length_check", **ADVANCED, default=True, tooltip="Stop with an error when the length target is still missed after the retries. Off: use what TIPO wrote."),
+                _escape(),
+            ],
+            outputs=_outputs(),
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        d = core.TipoSettings()
-        return {
-            "required": {
-                "tags": _TAGS,
-                "nl_prompt": _NL,
-                "ban_tags": (
-                    "STRING",
-                    {
-                        "multiline": True,
-                        "default": "",
-                        "tooltip": "Comma-separated tags TIPO must not add (your own tags are never removed). Whole tags, "
-                        "case and _ ignored; * is a wildcard (*text*).",
-                    },
-                ),
-                "model": (
-                    _model_names(),
-                    {
-                        "tooltip": "TIPO model from models/tipo: a folder with config.json, model.safetensors, "
-                        "tokenizer.model and the tokenizer configs (e.g. KBlueLeaf/TIPO-200M-ft2), or a .gguf file "
-                        "(needs llama-cpp-python)."
-                    },
-                ),
-                "format": _FORMAT,
-                "tag_length": (list(core.LENGTHS), {"default": d.tag_length, "tooltip": "How many tags to reach: very_short 6-18, short 18-36, long 36-54, very_long 54-72."}),
-                "nl_length": (list(core.LENGTHS), {"default": d.nl_length, "tooltip": "How much natural language: very_short 1-2 sentences, short 2-4, long 4-8, very_long 8+."}),
-                "width": ("INT", {"default": d.width, "min": 64, "max": 16384, "step": 8, "tooltip": "Image width; TIPO is told the aspect ratio."}),
-                "height": ("INT", {"default": d.height, "min": 64, "max": 16384, "step": 8, "tooltip": "Image height; TIPO is told the aspect ratio."}),
-                "temperature": ("FLOAT", {"default": d.temperature, "min": 0.01, "max": 2.0, "step": 0.01, "tooltip": "Sampling temperature: higher is more varied."}),
-                "top_p": ("FLOAT", {"default": d.top_p, "min": 0.01, "max": 1.0, "step": 0.01, "tooltip": "Nucleus sampling: keep the most likely tokens up to this probability mass."}),
-                "top_k": ("INT", {"default": d.top_k, "min": 0, "max": 1000, "tooltip": "Sample among the k most likely tokens (0: no limit)."}),
-                "min_p": ("FLOAT", {"default": d.min_p, "min": 0.0, "max": 0.99, "step": 0.01, "tooltip": "Drop tokens less likely than min_p times the most likely one (0: off)."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True, "tooltip": "The same seed, inputs and model give the same prompt."}),
-                "device": (["auto", "cpu"], {"default": "auto", "tooltip": "auto: ComfyUI's device (GPU in fp16, parked on the CPU between runs); cpu: fp32 on the CPU."}),
-                "max_retry": ("INT", {"default": d.max_retry, "min": 0, "max": 10, "tooltip": "Extra passes when TIPO writes less than the length target; each continues the previous one."}),
-                "max_new_tokens": ("INT", {"default": d.max_new_tokens, "min": 16, "max": 2048, "step": 16, "tooltip": "Most tokens TIPO writes per pass."}),
-                "length_check": ("BOOLEAN", {"default": True, "tooltip": "Stop with an error when the length target is still missed after the retries. Off: use what TIPO wrote."}),
-                "escape_brackets": _ESCAPE,
-            }
-        }
+    def validate_inputs(cls, model=None, format=None, tag_length=None, nl_length=None, device=None) -> bool | str:
+        """A missing model, a template typo or an unknown option is reported before the graph runs (same messages as at run time)."""
+        if model is not None:
+            names = _model_names()
+            if model == NO_MODEL:
+                return core.no_model_message(_folders())
+            if model not in names:
+                return f"TIPO model '{model}' is not in {', '.join(_folders())}; pick one of: {', '.join(names)}"
+        checked = _check_format(format)
+        return checked if checked is not True else check_options(cls, tag_length=tag_length, nl_length=nl_length, device=device)
 
-    def expand(self, tags, nl_prompt, ban_tags, model, format, tag_length, nl_length, width, height, temperature, top_p, top_k, min_p, seed, device, max_retry, max_new_tokens, length_check, escape_brackets):
+    @classmethod
+    def execute(cls, tags, nl_prompt, ban_tags, model, format, tag_length, nl_length, width, height, temperature, top_p, top_k, min_p, seed, device, max_retry, max_new_tokens, length_check, escape_brackets) -> io.NodeOutput:
         if model == NO_MODEL:
             raise core.TipoModelError(core.no_model_message(_folders()))
         path = core.resolve_model(model, _folders())
@@ -161,30 +191,31 @@ class HDMTipoPrompt:
             escape=escape_brackets,
             on_step=comfy.model_management.throw_exception_if_processing_interrupted,
         )
-        return (result.prompt, result.prompt_unescaped, _categories_json(result.categories))
+        return io.NodeOutput(result.prompt, result.prompt_unescaped, _categories_json(result.categories))
 
 
-class HDMPromptFormat:
+class HDMPromptFormat(io.ComfyNode):
     """Sort a prompt into HDM's layout and escape it, without a model."""
 
-    CATEGORY = "HDM"
-    FUNCTION = "format"
-    RETURN_TYPES = _OUTPUTS
-    RETURN_NAMES = _OUTPUT_NAMES
-    OUTPUT_TOOLTIPS = _OUTPUT_TOOLTIPS
-    DESCRIPTION = (
-        "Reorders danbooru tags into HDM's layout (special, characters, copyrights, artist, general, natural "
-        "language, then quality / rating / meta) and escapes brackets for ComfyUI. No model needed."
-    )
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return schema(
+            node_id="HDMPromptFormat",
+            display_name="HDM Prompt Format",
+            description=(
+                "Reorders danbooru tags into HDM's layout (special, characters, copyrights, artist, general, natural "
+                "language, then quality / rating / meta) and escapes brackets for ComfyUI. No model needed."
+            ),
+            search_aliases=["tag order", "danbooru tags", "escape brackets", "anime prompt"],
+            inputs=[_tags(), _nl(), _format(), _escape()],
+            outputs=_outputs(),
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"tags": _TAGS, "nl_prompt": _NL, "format": _FORMAT, "escape_brackets": _ESCAPE}}
+    def validate_inputs(cls, format=None) -> bool | str:
+        return _check_format(format)
 
-    def format(self, tags, nl_prompt, format, escape_brackets):
+    @classmethod
+    def execute(cls, tags, nl_prompt, format, escape_brackets) -> io.NodeOutput:
         result = core.format_only(tags, nl_prompt, template=format, escape=escape_brackets)
-        return (result.prompt, result.prompt_unescaped, _categories_json(result.categories))
-
-
-NODE_CLASS_MAPPINGS = {"HDMTipoPrompt": HDMTipoPrompt, "HDMPromptFormat": HDMPromptFormat}
-NODE_DISPLAY_NAME_MAPPINGS = {"HDMTipoPrompt": "HDM TIPO Prompt", "HDMPromptFormat": "HDM Prompt Format"}
+        return io.NodeOutput(result.prompt, result.prompt_unescaped, _categories_json(result.categories))

@@ -26,6 +26,14 @@ normal prompts:
    path (``load_torch_file`` + ``load_lora_for_models`` on a clone), a loss curve and the
    file name as LoraLoader lists it.
 
+Why the inputs stay flat (no ``DynamicCombo`` showing only the chosen algorithm's options):
+ComfyUI names the inputs of a DynamicCombo option ``algorithm.rank`` in the API prompt, and the
+frontend inserts an option's widgets right after the combo while it restores a saved node's
+``widgets_values`` by position (named restore is an opt-in user setting). Workflows saved with
+the flat inputs — UI and API — would load shifted values or fail validation, and they must keep
+running unchanged. Rarely changed options are marked *advanced* instead (v0.33), which hides
+them without moving any widget.
+
 Interrupt (ComfyUI's cancel): training stops after the current step, the adapter trained so
 far is saved under the run's final name, and the prompt ends as interrupted. A non-finite
 loss stops before the bad update and keeps the last good adapter (an error names the file).
@@ -78,7 +86,8 @@ from ..hdm_core.train.buckets import CROP_MODES
 from ..hdm_core.train.data import image_records
 from ..hdm_core.train.optim import SCHEDULERS
 from ..hdm_core.train.plot import loss_curve_image
-from .conditioning import BRACKET_MODES, HDMTextEncode
+from .conditioning import BRACKET_MODES, encode_prompt
+from .v3 import ADVANCED, check_options, io, schema
 
 log = logging.getLogger(__name__)
 
@@ -272,7 +281,7 @@ class ComfyTextEncoder:
         self.bracket_mode = bracket_mode
 
     def __call__(self, captions: list[str]) -> list[torch.Tensor]:
-        return [HDMTextEncode().encode(self.clip, caption, self.bracket_mode)[0][0][0][0] for caption in captions]
+        return [encode_prompt(self.clip, caption, self.bracket_mode)[0][0][0] for caption in captions]
 
 
 @dataclass
@@ -360,63 +369,88 @@ class Progress:
 
 
 # ----------------------------------------------------------------------------- the node
-class HDMTrainLyCORIS:
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "model": ("MODEL", {"tooltip": "The HDM model to train on (HDM Checkpoint Loader). LoRAs already applied to it become part of the base the adapter is trained on; the MODEL itself is never modified."}),
-                "dataset_folder": ("STRING", {"default": "", "tooltip": "A kohya-style dataset folder: images with same-name .txt captions; sub-folders named N_name repeat their images N times. Absolute, or relative to ComfyUI's input folder. Leave empty when training from 'images' or 'latent'."}),
-                "resolution": ("INT", {"default": 1024, "min": 64, "max": 4096, "step": 16, "tooltip": "Training resolution in pixels (images are resized to about resolution x resolution; folder and IMAGE data)."}),
-                "crop": (list(CROP_MODES), {"default": "bucket", "tooltip": "bucket: aspect-ratio buckets in 16-px steps (each image keeps its shape). square: HDM's shifted square crop (short side = resolution, a random square along the long side). Either way the position map tells the model where the crop sits."}),
-                "missing_captions": (MISSING_CAPTIONS, {"default": "error", "tooltip": "What to do with images without a caption: 'error' stops with a list of them; 'empty' trains them with an empty caption (HDM's unconditional input)."}),
-                "bracket_mode": (BRACKET_MODES, {"default": "danbooru", "tooltip": "How captions are encoded, as in HDM Text Encode: danbooru keeps brackets in tags such as 'izuna (blue archive)' literal; comfy reads '(x)' as a weight. Use what you will use at inference."}),
-                "algorithm": (list(ALGORITHMS), {"default": "lora", "tooltip": "The LyCORIS adapter: lora, locon (lora + the patch conv with target 'full'), loha, lokr (HDM's own fine-tune), dora (weight-decomposed lora), glora, diag-oft, boft, or full (a full weight difference). Every one loads exactly in stock Load LoRA."}),
-                "rank": ("INT", {"default": 16, "min": 1, "max": 1024, "tooltip": "lora/locon/loha/dora/glora: the rank. lokr: rank of the decomposed factor (ignored when both factors are full). diag-oft: block size. boft: butterfly block factor (the attention qkv layer needs >= 6). full: ignored."}),
-                "alpha": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 4096.0, "step": 0.5, "tooltip": "Scale of the LoRA family: the update is multiplied by alpha / rank (alpha = rank: scale 1). Ignored by diag-oft, boft and full."}),
-                "lokr_factor": ("INT", {"default": -1, "min": -1, "max": 1024, "tooltip": "lokr only: the Kronecker factor (-1 = as balanced as possible; HDM's fine-tune used 4). Smaller factors give larger adapters."}),
-                "target": (list(TARGET_PRESETS), {"default": "attn-mlp", "tooltip": "Which layers get an adapter: attn (self/cross-attention projections), attn-mlp (+ the MLPs), full (every linear layer, and the patch conv for all algorithms except plain lora)."}),
-                "exclude": ("STRING", {"default": "", "tooltip": "Layers to leave out: regular expressions separated by spaces, each matched against the whole module path, e.g. 'backbone\\.dec_blocks\\.1\\..* out_patch\\.proj'."}),
-                "steps": ("INT", {"default": 500, "min": 1, "max": 1000000, "tooltip": "Optimiser steps to train."}),
-                "batch_size": ("INT", {"default": 1, "min": 1, "max": 256, "tooltip": "Images per step. With buckets, a batch holds images of one size, so each size needs at least this many images (with repeats)."}),
-                "learning_rate": ("FLOAT", {"default": 0.0001, "min": 0.0000001, "max": 1.0, "step": 0.0000001, "tooltip": "AdamW learning rate (peak, after warm-up). 1e-4 suits lora; oft/boft and lokr often like more."}),
-                "scheduler": (list(SCHEDULERS), {"default": "cosine", "tooltip": "Learning-rate schedule after the warm-up: cosine or linear decay to 0, or constant."}),
-                "warmup_steps": ("INT", {"default": 0, "min": 0, "max": 100000, "tooltip": "Steps of linear learning-rate warm-up from 0."}),
-                "tread_rate": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 0.95, "step": 0.05, "tooltip": "TREAD: fraction of image tokens routed around the backbone while training (0.5 = HDM's pre-training; 0 = off). Faster steps; sampling still uses all tokens."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True, "tooltip": "Seed of everything random: adapter initialisation, crops, batch order, timesteps, noise and TREAD routing. The same seed and inputs train the same adapter."}),
-                "save_name": ("STRING", {"default": "hdm_lycoris", "tooltip": "File name in models/loras (sub-folders allowed, e.g. 'hdm/my_style'). An existing name is never overwritten: _001, _002 … is appended. Periodic saves add -stepNNNNNN."}),
-                "save_every": ("INT", {"default": 0, "min": 0, "max": 1000000, "tooltip": "Also save the adapter every N steps (as <name>-stepNNNNNN.safetensors); 0 = only at the end."}),
-                "gradient_checkpointing": ("BOOLEAN", {"default": False, "tooltip": "Recompute each transformer block in the backward pass: much less memory, about a third slower."}),
-                "precision": (PRECISIONS, {"default": "auto", "tooltip": "Compute precision (the model copy and the adapter stay float32): auto = bf16 on GPUs that support it, else fp16 on GPUs, fp32 on the CPU; fp16 uses loss scaling."}),
-            },
-            "optional": {
-                "clip": ("CLIP", {"tooltip": "HDM's Qwen3-0.6B text encoder (HDM Checkpoint Loader), to encode captions of a folder or IMAGE batch."}),
-                "vae": ("VAE", {"tooltip": "The EQ-SDXL-VAE (HDM Checkpoint Loader), to encode the images of a folder or IMAGE batch."}),
-                "images": ("IMAGE", {"tooltip": "Train on an IMAGE batch instead of a folder (with 'captions')."}),
-                "captions": ("STRING", {"multiline": True, "default": "", "tooltip": "Captions of the 'images' batch: one line per image, or a single line for all images."}),
-                "latent": ("LATENT", {"tooltip": "Train on ready-made latents instead (VAE Encode with the EQ-SDXL-VAE), with 'conditioning'; no CLIP or VAE needed."}),
-                "conditioning": ("CONDITIONING", {"tooltip": "Conditioning for 'latent' (HDM Text Encode): one prompt for all latents, or one per latent in order (e.g. Conditioning Combine)."}),
-            },
-            "hidden": {"unique_id": "UNIQUE_ID"},
-        }
+def check_dataset_folder(dataset_folder: str | None) -> bool | str:
+    """validate_inputs' check of ``dataset_folder``: empty (another source) or an existing folder."""
+    if not isinstance(dataset_folder, str) or not dataset_folder.strip():
+        return True
+    root = resolve_dataset_folder(dataset_folder)
+    if not root.exists():
+        return f"{NODE}: dataset folder {root} does not exist (a relative dataset_folder is looked up in ComfyUI's input folder)"
+    if not root.is_dir():
+        return f"{NODE}: {root} is not a folder; point the dataset at a folder of images and .txt captions"
+    return True
 
-    RETURN_TYPES = ("MODEL", "IMAGE", "STRING")
-    RETURN_NAMES = ("model", "loss_curve", "lora_name")
-    OUTPUT_TOOLTIPS = (
-        "The input MODEL with the trained adapter applied through ComfyUI's normal LoRA loader (strength 1).",
-        "The loss per step (grey) and its moving average (blue).",
-        "The saved file's name in models/loras, as Load LoRA lists it.",
-    )
-    FUNCTION = "train"
-    OUTPUT_NODE = True
-    CATEGORY = "HDM"
-    DESCRIPTION = (
-        "Trains a LyCORIS adapter (lora, locon, loha, lokr, dora, glora, diag-oft, boft, full) on an HDM model with HDM's "
-        "rectified-flow objective and TREAD routing, saves it to models/loras and returns the model with it applied."
-    )
+
+class HDMTrainLyCORIS(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return schema(
+            node_id="HDMTrainLyCORIS",
+            display_name="HDM Train LyCORIS",
+            description=(
+                "Trains a LyCORIS adapter (lora, locon, loha, lokr, dora, glora, diag-oft, boft, full) on an HDM model with HDM's "
+                "rectified-flow objective and TREAD routing, saves it to models/loras and returns the model with it applied."
+            ),
+            search_aliases=["train lora", "lora training", "lycoris", "lokr", "loha", "fine-tune hdm", "anime lora"],
+            is_output_node=True,
+            inputs=[
+                io.Model.Input("model", tooltip="The HDM model to train on (HDM Checkpoint Loader). LoRAs already applied to it become part of the base the adapter is trained on; the MODEL itself is never modified."),
+                io.String.Input("dataset_folder", default="", tooltip="A kohya-style dataset folder: images with same-name .txt captions; sub-folders named N_name repeat their images N times. Absolute, or relative to ComfyUI's input folder. Leave empty when training from 'images' or 'latent'."),
+                io.Int.Input("resolution", default=1024, min=64, max=4096, step=16, tooltip="Training resolution in pixels (images are resized to about resolution x resolution; folder and IMAGE data)."),
+                io.Combo.Input("crop", **ADVANCED, options=list(CROP_MODES), default="bucket", tooltip="bucket: aspect-ratio buckets in 16-px steps (each image keeps its shape). square: HDM's shifted square crop (short side = resolution, a random square along the long side). Either way the position map tells the model where the crop sits."),
+                io.Combo.Input("missing_captions", **ADVANCED, options=MISSING_CAPTIONS, default="error", tooltip="What to do with images without a caption: 'error' stops with a list of them; 'empty' trains them with an empty caption (HDM's unconditional input)."),
+                io.Combo.Input("bracket_mode", **ADVANCED, options=BRACKET_MODES, default="danbooru", tooltip="How captions are encoded, as in HDM Text Encode: danbooru keeps brackets in tags such as 'izuna (blue archive)' literal; comfy reads '(x)' as a weight. Use what you will use at inference."),
+                io.Combo.Input("algorithm", options=list(ALGORITHMS), default="lora", tooltip="The LyCORIS adapter: lora, locon (lora + the patch conv with target 'full'), loha, lokr (HDM's own fine-tune), dora (weight-decomposed lora), glora, diag-oft, boft, or full (a full weight difference). Every one loads exactly in stock Load LoRA."),
+                io.Int.Input("rank", default=16, min=1, max=1024, tooltip="lora/locon/loha/dora/glora: the rank. lokr: rank of the decomposed factor (ignored when both factors are full). diag-oft: block size. boft: butterfly block factor (the attention qkv layer needs >= 6). full: ignored."),
+                io.Float.Input("alpha", default=8.0, min=0.0, max=4096.0, step=0.5, tooltip="Scale of the LoRA family: the update is multiplied by alpha / rank (alpha = rank: scale 1). Ignored by diag-oft, boft and full."),
+                io.Int.Input("lokr_factor", **ADVANCED, default=-1, min=-1, max=1024, tooltip="lokr only: the Kronecker factor (-1 = as balanced as possible; HDM's fine-tune used 4). Smaller factors give larger adapters."),
+                io.Combo.Input("target", options=list(TARGET_PRESETS), default="attn-mlp", tooltip="Which layers get an adapter: attn (self/cross-attention projections), attn-mlp (+ the MLPs), full (every linear layer, and the patch conv for all algorithms except plain lora)."),
+                io.String.Input("exclude", **ADVANCED, default="", tooltip="Layers to leave out: regular expressions separated by spaces, each matched against the whole module path, e.g. 'backbone\\.dec_blocks\\.1\\..* out_patch\\.proj'."),
+                io.Int.Input("steps", default=500, min=1, max=1000000, tooltip="Optimiser steps to train."),
+                io.Int.Input("batch_size", default=1, min=1, max=256, tooltip="Images per step. With buckets, a batch holds images of one size, so each size needs at least this many images (with repeats)."),
+                io.Float.Input("learning_rate", default=0.0001, min=0.0000001, max=1.0, step=0.0000001, tooltip="AdamW learning rate (peak, after warm-up). 1e-4 suits lora; oft/boft and lokr often like more."),
+                io.Combo.Input("scheduler", options=list(SCHEDULERS), default="cosine", tooltip="Learning-rate schedule after the warm-up: cosine or linear decay to 0, or constant."),
+                io.Int.Input("warmup_steps", **ADVANCED, default=0, min=0, max=100000, tooltip="Steps of linear learning-rate warm-up from 0."),
+                io.Float.Input("tread_rate", **ADVANCED, default=0.5, min=0.0, max=0.95, step=0.05, tooltip="TREAD: fraction of image tokens routed around the backbone while training (0.5 = HDM's pre-training; 0 = off). Faster steps; sampling still uses all tokens."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True, tooltip="Seed of everything random: adapter initialisation, crops, batch order, timesteps, noise and TREAD routing. The same seed and inputs train the same adapter."),
+                io.String.Input("save_name", default="hdm_lycoris", tooltip="File name in models/loras (sub-folders allowed, e.g. 'hdm/my_style'). An existing name is never overwritten: _001, _002 … is appended. Periodic saves add -stepNNNNNN."),
+                io.Int.Input("save_every", **ADVANCED, default=0, min=0, max=1000000, tooltip="Also save the adapter every N steps (as <name>-stepNNNNNN.safetensors); 0 = only at the end."),
+                io.Boolean.Input("gradient_checkpointing", **ADVANCED, default=False, tooltip="Recompute each transformer block in the backward pass: much less memory, about a third slower."),
+                io.Combo.Input("precision", **ADVANCED, options=PRECISIONS, default="auto", tooltip="Compute precision (the model copy and the adapter stay float32): auto = bf16 on GPUs that support it, else fp16 on GPUs, fp32 on the CPU; fp16 uses loss scaling."),
+                io.Clip.Input("clip", optional=True, tooltip="HDM's Qwen3-0.6B text encoder (HDM Checkpoint Loader), to encode captions of a folder or IMAGE batch."),
+                io.Vae.Input("vae", optional=True, tooltip="The EQ-SDXL-VAE (HDM Checkpoint Loader), to encode the images of a folder or IMAGE batch."),
+                io.Image.Input("images", optional=True, tooltip="Train on an IMAGE batch instead of a folder (with 'captions')."),
+                io.String.Input("captions", optional=True, multiline=True, default="", tooltip="Captions of the 'images' batch: one line per image, or a single line for all images."),
+                io.Latent.Input("latent", optional=True, tooltip="Train on ready-made latents instead (VAE Encode with the EQ-SDXL-VAE), with 'conditioning'; no CLIP or VAE needed."),
+                io.Conditioning.Input("conditioning", optional=True, tooltip="Conditioning for 'latent' (HDM Text Encode): one prompt for all latents, or one per latent in order (e.g. Conditioning Combine)."),
+            ],
+            outputs=[
+                io.Model.Output("model_out", display_name="model", tooltip="The input MODEL with the trained adapter applied through ComfyUI's normal LoRA loader (strength 1)."),
+                io.Image.Output("loss_curve", display_name="loss_curve", tooltip="The loss per step (grey) and its moving average (blue)."),
+                io.String.Output("lora_name", display_name="lora_name", tooltip="The saved file's name in models/loras, as Load LoRA lists it."),
+            ],
+            hidden=[io.Hidden.unique_id],
+        )
 
     @classmethod
-    def IS_CHANGED(cls, dataset_folder="", **kwargs):
+    def validate_inputs(cls, dataset_folder=None, save_name=None, crop=None, missing_captions=None, bracket_mode=None,
+                        algorithm=None, target=None, scheduler=None, precision=None) -> bool | str:  # fmt: skip
+        """A bad save name, a missing dataset folder or an unknown option is refused before the graph runs (linked values arrive as None)."""
+        if isinstance(save_name, str):
+            try:
+                split_save_name(save_name)
+            except TrainNodeError as exc:
+                return str(exc)
+        folder = check_dataset_folder(dataset_folder)
+        if folder is not True:
+            return folder
+        return check_options(
+            cls, crop=crop, missing_captions=missing_captions, bracket_mode=bracket_mode, algorithm=algorithm, target=target,
+            scheduler=scheduler, precision=precision,
+        )  # fmt: skip
+
+    @classmethod
+    def fingerprint_inputs(cls, dataset_folder="", **kwargs):
         """A folder's listing (names, sizes, times), so edited datasets train again; otherwise the inputs decide."""
         if not isinstance(dataset_folder, str) or not dataset_folder.strip():
             return ""
@@ -514,21 +548,24 @@ class HDMTrainLyCORIS:
         return source
 
     # -- run ----------------------------------------------------------------------------------
-    def train(self, model, dataset_folder, resolution, crop, missing_captions, bracket_mode, algorithm, rank, alpha,
+    @classmethod
+    def execute(cls, model, dataset_folder, resolution, crop, missing_captions, bracket_mode, algorithm, rank, alpha,
               lokr_factor, target, exclude, steps, batch_size, learning_rate, scheduler, warmup_steps, tread_rate, seed,
               save_name, save_every, gradient_checkpointing, precision, clip=None, vae=None, images=None, captions="",
-              latent=None, conditioning=None, unique_id=None):  # fmt: skip
+              latent=None, conditioning=None) -> io.NodeOutput:  # fmt: skip
+        hidden = getattr(cls, "hidden", None)
+        unique_id = getattr(hidden, "unique_id", None) if hidden is not None else None
         device = mm.get_torch_device()
         dm = hdm_diffusion_model(model)
         mixed = training_precision(precision, device)
-        adapter_cfg, base_cfg = self.configs(
+        adapter_cfg, base_cfg = cls.configs(
             algorithm, rank, alpha, lokr_factor, target, exclude, steps, batch_size, learning_rate, scheduler,
             warmup_steps, tread_rate, seed, save_every, gradient_checkpointing, mixed,
         )  # fmt: skip
         split_save_name(save_name)  # a bad name fails before any work
         progress = Progress(None if unique_id is None else str(unique_id))
         try:
-            source = self.dataset(
+            source = cls.dataset(
                 model, int(dm.config.ctx_dim), dataset_folder=dataset_folder, images=images, captions=captions,
                 latent=latent, conditioning=conditioning, clip=clip, vae=vae, resolution=resolution, crop=crop,
                 missing_captions=missing_captions, bracket_mode=bracket_mode, seed=seed, batch_size=int(batch_size),
@@ -592,7 +629,7 @@ class HDMTrainLyCORIS:
 
         trained = apply_lora(model, saved)
         curve = loss_curve_image(result.loss_history, title=f"{name}: loss per step")
-        return {"ui": {"images": [save_preview(curve)]}, "result": (trained, image_to_tensor(curve), name)}
+        return io.NodeOutput(trained, image_to_tensor(curve), name, ui={"images": [save_preview(curve)]})
 
 
 __all__ = ["HDMTrainLyCORIS", "TrainNodeError", "effective_weights", "hdm_diffusion_model", "output_target"]

@@ -9,28 +9,29 @@ large images plus a clear error for latents that are not EQ-SDXL-VAE latents.
 from __future__ import annotations
 
 from ..hdm_core.latents import LATENT_CHANNELS
+from .v3 import io, schema
 
 
-class HDMVAEDecode:
+class HDMVAEDecode(io.ComfyNode):
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "samples": ("LATENT", {"tooltip": "The latent from HDM Sampler or KSampler."}),
-                "vae": ("VAE", {"tooltip": "The EQ-SDXL-VAE (from HDM Checkpoint Loader or Load VAE)."}),
-                "tiled": ("BOOLEAN", {"default": False, "tooltip": "Decode in overlapping tiles: much less memory for large images, nearly identical output."}),
-                "tile_size": ("INT", {"default": 1024, "min": 256, "max": 4096, "step": 64, "tooltip": "Tile size in pixels when tiled is on."}),
-                "overlap": ("INT", {"default": 128, "min": 0, "max": 1024, "step": 32, "tooltip": "Overlap between tiles in pixels when tiled is on (at most a quarter of tile_size)."}),
-            }
-        }
+    def define_schema(cls) -> io.Schema:
+        return schema(
+            node_id="HDMVAEDecode",
+            display_name="HDM VAE Decode",
+            description="Decodes an HDM latent to an image with the EQ-SDXL-VAE, optionally in tiles.",
+            search_aliases=["eq-sdxl-vae decode", "hdm decode", "tiled vae decode"],
+            inputs=[
+                io.Latent.Input("samples", tooltip="The latent from HDM Sampler or KSampler."),
+                io.Vae.Input("vae", tooltip="The EQ-SDXL-VAE (from HDM Checkpoint Loader or Load VAE)."),
+                io.Boolean.Input("tiled", default=False, tooltip="Decode in overlapping tiles: much less memory for large images, nearly identical output."),
+                io.Int.Input("tile_size", default=1024, min=256, max=4096, step=64, tooltip="Tile size in pixels when tiled is on."),
+                io.Int.Input("overlap", default=128, min=0, max=1024, step=32, tooltip="Overlap between tiles in pixels when tiled is on (at most a quarter of tile_size)."),
+            ],
+            outputs=[io.Image.Output(tooltip="The decoded image.")],
+        )
 
-    RETURN_TYPES = ("IMAGE",)
-    OUTPUT_TOOLTIPS = ("The decoded image.",)
-    FUNCTION = "decode"
-    CATEGORY = "HDM"
-    DESCRIPTION = "Decodes an HDM latent to an image with the EQ-SDXL-VAE, optionally in tiles."
-
-    def decode(self, samples, vae, tiled=False, tile_size=1024, overlap=128):
+    @classmethod
+    def execute(cls, samples, vae, tiled=False, tile_size=1024, overlap=128) -> io.NodeOutput:
         latent = samples["samples"]
         if getattr(latent, "is_nested", False):
             latent = latent.unbind()[0]
@@ -46,4 +47,4 @@ class HDMVAEDecode:
             images = vae.decode(latent)
         if images.ndim == 5:
             images = images.reshape(-1, images.shape[-3], images.shape[-2], images.shape[-1])
-        return (images,)
+        return io.NodeOutput(images)

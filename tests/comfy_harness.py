@@ -380,6 +380,22 @@ class HDMTestCapture:
         return {}
 
 
+def execute_node(cls, *, unique_id: str | None = None, **inputs):
+    """Run a V3 node's ``execute`` as ComfyUI's executor does: on a clone of the class holding the hidden inputs.
+
+    Returns the ``io.NodeOutput`` (``.result`` the outputs, ``.ui`` what the node shows).
+    ComfyUI v0.33 passes the clone its V3 data, 0.3.64 the hidden inputs alone.
+    """
+    from comfy_api.latest import io
+
+    hidden = {io.Hidden.unique_id: unique_id} if unique_id is not None else {}
+    if "v3_data" in inspect.signature(cls.PREPARE_CLASS_CLONE).parameters:
+        clone = cls.PREPARE_CLASS_CLONE({"hidden_inputs": hidden})
+    else:
+        clone = cls.PREPARE_CLASS_CLONE(hidden)
+    return clone.execute(**inputs)
+
+
 _COMFY: Comfy | None = None
 
 
@@ -421,13 +437,29 @@ def shrink(prompt: dict, width: int = 64, height: int = 64, steps: int = 3) -> d
     return prompt
 
 
+def combo_options(definition) -> list | None:
+    """The options of a combo input in either spelling (V1 ``[options]``, V3 ``"COMBO", {"options": ...}``), else None."""
+    kind = definition[0]
+    if isinstance(kind, list):
+        return kind
+    if kind == "COMBO":
+        return list((definition[1] if len(definition) > 1 else {}).get("options", []))
+    return None
+
+
+def is_widget(definition) -> bool:
+    return combo_options(definition) is not None or definition[0] in ("INT", "FLOAT", "STRING", "BOOLEAN")
+
+
 def ui_to_api(ui: dict, node_classes: dict) -> dict:
     """Convert a UI (litegraph) workflow to API format the way the frontend does for these files.
 
     Widgets are matched positionally against each node's ``INPUT_TYPES``; an INT input with
     ``control_after_generate`` (seeds) is followed by one extra widget value in the UI file.
-    Links give the connected inputs. Only what the shipped workflows use is supported
-    (no subgraphs, primitives, reroutes or bypassed nodes); anything else fails the test.
+    Links give the connected inputs. An optional widget the file has no value for (an input
+    added to the node after the file was saved) keeps its default, as in the frontend.
+    Only what the shipped workflows use is supported (no subgraphs, primitives, reroutes or
+    bypassed nodes); anything else fails the test.
     """
     links = {link[0]: link for link in ui["links"]}
     api = {}
@@ -435,23 +467,26 @@ def ui_to_api(ui: dict, node_classes: dict) -> dict:
         assert node.get("mode", 0) == 0, f"node {node['id']} is muted/bypassed"
         cls = node_classes[node["type"]]
         spec = cls.INPUT_TYPES()
+        optional = set(spec.get("optional", {}))
         ordered = list(spec.get("required", {}).items()) + list(spec.get("optional", {}).items())
         linked = {inp["name"]: links[inp["link"]] for inp in node.get("inputs", []) if inp.get("link") is not None}
         values = list(node.get("widgets_values", []))
         inputs: dict[str, Any] = {}
         for name, definition in ordered:
-            kind = definition[0]
             opts = definition[1] if len(definition) > 1 else {}
-            is_widget = isinstance(kind, list) or kind in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+            widget = is_widget(definition)
             if name in linked:
                 link = linked[name]
                 inputs[name] = [str(link[1]), link[2]]
-                if is_widget:  # a widget converted to an input still holds its value slot
+                if widget and values:  # a widget converted to an input still holds its value slot
                     values.pop(0)
                     if opts.get("control_after_generate"):
                         values.pop(0)
                 continue
-            if not is_widget:
+            if not widget:
+                continue
+            if not values and name in optional and "default" in opts:
+                inputs[name] = opts["default"]
                 continue
             assert values, f"node {node['id']} ({node['type']}): no widget value left for '{name}'"
             inputs[name] = values.pop(0)

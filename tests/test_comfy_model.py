@@ -212,8 +212,8 @@ def test_model_rebuild_factory_for_deep_clones(cui):
     """cached_patcher_init lets ComfyUI (v0.33 trainer, multi-GPU) rebuild the model."""
     import comfy.model_patcher
 
-    node = cui.nodes.NODE_CLASS_MAPPINGS["HDMCheckpointLoader"]()
-    model, clip, vae = node.load(H.CKPT_NAME, H.TE_NAME)
+    node = cui.nodes.NODE_CLASS_MAPPINGS["HDMCheckpointLoader"]
+    model, clip, vae = node.execute(H.CKPT_NAME, H.TE_NAME).result
     fn, args = model.cached_patcher_init[:2]
     rebuilt = fn(*args, disable_dynamic=True)
     assert isinstance(rebuilt, comfy.model_patcher.ModelPatcher) and rebuilt.model is not model.model
@@ -278,9 +278,9 @@ def test_stock_checkpoint_save_round_trips_through_the_hdm_loader(cui):
     keys = comfy.utils.load_torch_file(str(target)).keys()
     assert {k.split(".", 1)[0] for k in keys} == {"unet", "vae", "te"}
 
-    node = cui.nodes.NODE_CLASS_MAPPINGS["HDMCheckpointLoader"]()
-    a = node.load(H.CKPT_NAME, H.TE_NAME)
-    b = node.load("hdm-roundtrip.safetensors", "from checkpoint")
+    node = cui.nodes.NODE_CLASS_MAPPINGS["HDMCheckpointLoader"]
+    a = node.execute(H.CKPT_NAME, H.TE_NAME).result
+    b = node.execute("hdm-roundtrip.safetensors", "from checkpoint").result
     sd_a, sd_b = a[0].model.diffusion_model.state_dict(), b[0].model.diffusion_model.state_dict()
     assert sd_a.keys() == sd_b.keys() and all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)
     tokens = "1girl, smile"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 import hdm_comfy_harness as H  # registered by tests/conftest.py
+import standins as SI  # registered by tests/conftest.py
 
 EXPECTED_NODES = {
     "HDMCheckpointLoader": "HDM Checkpoint Loader",
@@ -28,6 +29,10 @@ def write_workflow_models(cui, name: str) -> None:
         cui.write_lora("hdm-lora.safetensors")
     if name == "hdm_tipo":
         cui.write_tipo_stub("TIPO-200M-ft2")
+    if name == "hdm_train_lycoris":  # its dataset folder must exist: HDM Train LyCORIS checks it when the prompt is queued
+        folder = cui.root / "input" / "hdm_dataset"
+        if not folder.exists():
+            SI.write_image_folder(folder, [(64, 64)] * 2, seed=4)
     for node in H.load_api_workflow(name).values():  # img2img/inpainting: the picture LoadImage names, in the input folder
         if node["class_type"] == "LoadImage":
             from PIL import Image
@@ -42,15 +47,15 @@ def input_spec(cls) -> dict:
     return {**spec.get("required", {}), **spec.get("optional", {})}
 
 
-def is_widget(definition) -> bool:
-    return isinstance(definition[0], list) or definition[0] in WIDGET_TYPES
+is_widget = H.is_widget
 
 
 def check_widget_value(where: str, definition, value) -> None:
     """A widget value the node accepts: a combo option, a number in range, the right type."""
     kind, opts = definition[0], (definition[1] if len(definition) > 1 else {})
-    if isinstance(kind, list):
-        assert value in kind, f"{where}: {value!r} is not one of the options {kind[:8]}"
+    options = H.combo_options(definition)
+    if options is not None:
+        assert value in options, f"{where}: {value!r} is not one of the options {options[:8]}"
     elif kind == "INT":
         assert isinstance(value, int) and not isinstance(value, bool), f"{where}: {value!r} is not an integer"
     elif kind == "FLOAT":
@@ -74,11 +79,19 @@ def test_comfyui_imports_the_pack_by_path(cui):
 
 @pytest.mark.parametrize("node_id", sorted(EXPECTED_NODES))
 def test_every_node_instantiates_with_category_and_tooltips(cui, node_id):
+    from comfy_api.latest import io
+
     cls = cui.nodes.NODE_CLASS_MAPPINGS[node_id]
+    assert issubclass(cls, io.ComfyNode), f"{node_id} is not a V3 node"
+    # no instance state: everything the class defines is a classmethod/staticmethod (ComfyUI clones and locks the class to run it)
+    set_by_comfyui = {"SCHEMA", "RELATIVE_PYTHON_MODULE"}
+    state = [k for k, v in vars(cls).items() if not k.startswith("_") and k not in set_by_comfyui and not isinstance(v, (classmethod, staticmethod))]
+    assert state == [], f"{node_id} defines class state {state}"
     cls()  # ComfyUI instantiates node classes without arguments
     assert cls.CATEGORY == "HDM"
     assert cls.DESCRIPTION
     assert callable(getattr(cls, cls.FUNCTION))
+    assert cls.GET_SCHEMA().node_id == node_id
     spec = cls.INPUT_TYPES()
     inputs = {**spec.get("required", {}), **spec.get("optional", {})}
     assert inputs
@@ -93,20 +106,20 @@ def test_every_node_instantiates_with_category_and_tooltips(cui, node_id):
 
 def test_loader_lists_model_folders(cui):
     spec = cui.nodes.NODE_CLASS_MAPPINGS["HDMCheckpointLoader"].INPUT_TYPES()["required"]
-    assert H.CKPT_NAME in spec["ckpt_name"][0]
-    assert spec["text_encoder"][0][0] == "from checkpoint"
-    assert H.TE_NAME in spec["text_encoder"][0]
-    assert H.TE_NAME in cui.nodes.NODE_CLASS_MAPPINGS["HDMTextEncoderLoader"].INPUT_TYPES()["required"]["text_encoder"][0]
+    assert H.CKPT_NAME in H.combo_options(spec["ckpt_name"])
+    assert H.combo_options(spec["text_encoder"])[0] == "from checkpoint"
+    assert H.TE_NAME in H.combo_options(spec["text_encoder"])
+    assert H.TE_NAME in H.combo_options(cui.nodes.NODE_CLASS_MAPPINGS["HDMTextEncoderLoader"].INPUT_TYPES()["required"]["text_encoder"])
 
 
 def test_sampler_offers_reference_schedule_first_and_comfy_schedulers(cui):
     import comfy.samplers
 
     spec = cui.nodes.NODE_CLASS_MAPPINGS["HDMSampler"].INPUT_TYPES()["required"]
-    schedulers = spec["scheduler"][0]
+    schedulers = H.combo_options(spec["scheduler"])
     assert schedulers[0] == "hdm_uniform" and spec["scheduler"][1]["default"] == "hdm_uniform"
     assert set(comfy.samplers.KSampler.SCHEDULERS) <= set(schedulers)
-    assert spec["sampler_name"][0] == comfy.samplers.KSampler.SAMPLERS
+    assert H.combo_options(spec["sampler_name"]) == comfy.samplers.KSampler.SAMPLERS
 
 
 def test_every_ui_workflow_has_an_api_twin():
@@ -146,7 +159,7 @@ def test_ui_workflow_has_no_missing_nodes_and_matches_its_api_twin(cui, name):
             definition = spec[inp["name"]]
             if is_widget(definition):
                 assert inp.get("widget", {}).get("name") == inp["name"], f"{where}: widget input {inp['name']} is not marked as a widget"
-                assert inp["type"] == ("COMBO" if isinstance(definition[0], list) else definition[0]), f"{where}: {inp['name']}"
+                assert inp["type"] == ("COMBO" if H.combo_options(definition) is not None else definition[0]), f"{where}: {inp['name']}"
             else:
                 assert inp["type"] == definition[0], f"{where}: input {inp['name']} is {inp['type']}, the node takes {definition[0]}"
         connected = {inp["name"] for inp in node["inputs"] if inp.get("link") is not None}
@@ -156,6 +169,11 @@ def test_ui_workflow_has_no_missing_nodes_and_matches_its_api_twin(cui, name):
     # The API twin is the same graph with the same values, and every widget value is valid.
     api = H.load_api_workflow(name)
     converted = H.ui_to_api(ui, classes)
+    for node_id, node in converted.items():  # optional inputs added later (last) keep their defaults in both
+        optional = classes[node["class_type"]].INPUT_TYPES().get("optional", {})
+        for input_name in [k for k in node["inputs"] if k not in api[node_id]["inputs"] and k in optional]:
+            assert node["inputs"][input_name] == optional[input_name][1].get("default")
+            del node["inputs"][input_name]
     assert converted == {k: {kk: vv for kk, vv in v.items() if kk != "_meta"} for k, v in api.items()}
     for node_id, node in converted.items():
         spec = input_spec(classes[node["class_type"]])
@@ -206,3 +224,22 @@ def test_workflows_use_model_card_defaults(name):
     assert loader == {"ckpt_name": H.CKPT_NAME, "text_encoder": H.TE_NAME}
     for tipo in (v["inputs"] for v in api.values() if v["class_type"] == "HDMTipoPrompt"):
         assert (tipo["width"], tipo["height"]) == (latent["width"], latent["height"]), "TIPO is told another aspect ratio than the image has"
+
+
+def test_rarely_changed_options_are_advanced_where_the_host_has_the_flag(cui):
+    """v0.33 draws "advanced" widgets only on request; they keep their slot, so saved widgets_values still fit."""
+    import inspect
+
+    from comfy_api.latest import io
+
+    supported = "advanced" in inspect.signature(io.Int.Input.__init__).parameters
+    for node_id, advanced, basic in (
+        ("HDMTrainLyCORIS", {"lokr_factor", "exclude", "precision", "tread_rate"}, {"algorithm", "rank", "alpha", "steps", "learning_rate", "save_name"}),
+        ("HDMTipoPrompt", {"temperature", "top_p", "max_new_tokens"}, {"tags", "nl_prompt", "model", "tag_length", "seed"}),
+    ):
+        spec = input_spec(cui.nodes.NODE_CLASS_MAPPINGS[node_id])
+        flagged = {name for name, definition in spec.items() if len(definition) > 1 and definition[1].get("advanced")}
+        if supported:
+            assert advanced <= flagged and not basic & flagged, (node_id, flagged)
+        else:
+            assert flagged == set(), (node_id, flagged)

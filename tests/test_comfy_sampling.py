@@ -129,8 +129,8 @@ def test_camera_and_tread_nodes_do_not_mutate_upstream_conditioning(cui):
     hdm = cui.hdm
     cond = [[torch.zeros(1, 3, 4), {"pooled_output": None}]]
     neg = [[torch.zeros(1, 0, 4), {"pooled_output": None}]]
-    pos2, neg2 = hdm.conditioning.HDMCamera().apply(cond, neg, 0.1, 0.2, 1.3)
-    pos3, neg3 = hdm.conditioning.HDMTreadGuidance().apply(pos2, neg2, 0.1, 0.6)
+    pos2, neg2 = hdm.conditioning.HDMCamera.execute(cond, neg, 0.1, 0.2, 1.3).result
+    pos3, neg3 = hdm.conditioning.HDMTreadGuidance.execute(pos2, neg2, 0.1, 0.6).result
     assert cond[0][1] == {"pooled_output": None} and neg[0][1] == {"pooled_output": None}
     assert pos3[0][1][hdm.model.CAMERA_KEY] == (0.1, 0.2, 1.3)
     assert pos3[0][1][hdm.model.TREAD_KEY] == 0.1 and neg3[0][1][hdm.model.TREAD_KEY] == 0.6

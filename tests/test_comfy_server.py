@@ -140,7 +140,18 @@ def test_server_lists_hdm_nodes_with_tooltips_and_templates(server):
         assert node["category"] == "HDM" and node["display_name"].startswith("HDM")
         for name, spec in node["input"]["required"].items():
             assert spec[1].get("tooltip"), (node_id, name)
-    assert H.CKPT_NAME in info["HDMCheckpointLoader"]["input"]["required"]["ckpt_name"][0]
+    assert H.CKPT_NAME in H.combo_options(info["HDMCheckpointLoader"]["input"]["required"]["ckpt_name"])
+    # search aliases reach the frontend's node search on hosts whose schema has them (v0.33, not 0.3.64)
+    import dataclasses
+
+    from comfy_api.latest import io
+
+    if "search_aliases" in {f.name for f in dataclasses.fields(io.Schema)}:
+        assert "train lora" in info["HDMTrainLyCORIS"]["search_aliases"]
+        assert "prompt expansion" in info["HDMTipoPrompt"]["search_aliases"]
+        assert {"anime", "qwen"} <= set(info["HDMCheckpointLoader"]["search_aliases"])
+    else:
+        assert not info["HDMTrainLyCORIS"].get("search_aliases")
     templates = server.get("/workflow_templates")
     shipped = sorted(p.stem for p in H.WORKFLOWS.glob("*.json"))  # the UI workflows; workflows/api/ is not listed
     assert {"hdm_lora", "hdm_sampler_camera_tread", "hdm_tipo", "hdm_txt2img_ksampler", "hdm_train_lycoris",

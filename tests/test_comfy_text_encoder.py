@@ -27,7 +27,7 @@ def clip_encode_node(clip, text, bracket_mode):
     import nodes  # ComfyUI's
 
     cls = nodes.NODE_CLASS_MAPPINGS["HDMTextEncode"]
-    return cls().encode(clip, text, bracket_mode)
+    return cls.execute(clip, text, bracket_mode).result
 
 
 def hf_reference(cui, ids: list[int]) -> torch.Tensor:
@@ -143,8 +143,8 @@ def test_clip_is_a_comfy_clip_with_patcher_and_rebuild_factory(cui, clip):
 
     assert isinstance(clip, comfy.sd.CLIP)
     assert isinstance(clip.patcher, comfy.model_patcher.ModelPatcher)
-    loader = cui.nodes.NODE_CLASS_MAPPINGS["HDMTextEncoderLoader"]()
-    (from_node,) = loader.load(H.TE_NAME)
+    loader = cui.nodes.NODE_CLASS_MAPPINGS["HDMTextEncoderLoader"]
+    (from_node,) = loader.execute(H.TE_NAME).result
     fn, args = from_node.patcher.cached_patcher_init
     rebuilt = fn(*args, disable_dynamic=True)
     assert isinstance(rebuilt, comfy.model_patcher.ModelPatcher)

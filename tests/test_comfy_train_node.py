@@ -36,7 +36,7 @@ def loras(cui):
 @pytest.fixture(scope="module")
 def loaded(cui):
     """(MODEL, CLIP, VAE) of the tiny HDM checkpoint, as HDM Checkpoint Loader gives them."""
-    return cui.nodes.NODE_CLASS_MAPPINGS["HDMCheckpointLoader"]().load(H.CKPT_NAME, H.TE_NAME)
+    return cui.nodes.NODE_CLASS_MAPPINGS["HDMCheckpointLoader"].execute(H.CKPT_NAME, H.TE_NAME).result
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def encoded(cui, loaded, dataset):
     captions = [p.with_suffix(".txt").read_text() for p in paths]
     with torch.inference_mode():
         latent = cui.nodes.NODE_CLASS_MAPPINGS["VAEEncode"]().encode(vae, pixels)[0]
-        conds = [cui.hdm.HDMTextEncode().encode(clip, c.replace(CAPTION_PREFIX, "1girl, "), "danbooru")[0] for c in captions]
+        conds = [cui.hdm.HDMTextEncode.execute(clip, c.replace(CAPTION_PREFIX, "1girl, "), "danbooru")[0] for c in captions]
         combine = cui.nodes.NODE_CLASS_MAPPINGS["ConditioningCombine"]()
         cond = conds[0]
         for c in conds[1:]:
@@ -80,7 +80,7 @@ def _one_thread():
 
 
 def train_node(cui):
-    return cui.nodes.NODE_CLASS_MAPPINGS["HDMTrainLyCORIS"]()
+    return cui.nodes.NODE_CLASS_MAPPINGS["HDMTrainLyCORIS"]
 
 
 def node_module(cui):
@@ -88,7 +88,7 @@ def node_module(cui):
 
 
 def run(cui, loaded, **overrides):
-    """The node's function under inference mode, as ComfyUI's executor calls it."""
+    """The node's ``execute`` under inference mode, as ComfyUI's executor calls it (``io.NodeOutput``)."""
     model, clip, vae = loaded
     kwargs = dict(
         model=model, dataset_folder=DATASET, resolution=64, crop="bucket", missing_captions="error",
@@ -98,7 +98,7 @@ def run(cui, loaded, **overrides):
     )  # fmt: skip
     kwargs.update(overrides)
     with torch.inference_mode():
-        return train_node(cui).train(**kwargs)
+        return H.execute_node(train_node(cui), **kwargs)
 
 
 def read_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -183,7 +183,7 @@ def test_folder_training_saves_where_loraloader_finds_it_and_renders_like_it(cui
     model = loaded[0]
     before = clean_snapshot(model)
     out = run(cui, loaded, save_name="folder_run", unique_id="7")
-    trained, curve, name = out["result"]
+    trained, curve, name = out.result
     assert_same(before, snapshot(model))  # checked straight away: nothing was loaded or patched afterwards
 
     assert name == "folder_run.safetensors" and (loras / name).is_file()
@@ -195,7 +195,7 @@ def test_folder_training_saves_where_loraloader_finds_it_and_renders_like_it(cui
     assert meta["hdm_dataset"] == f"folder {DATASET}" and meta["ss_resolution"] == "(64, 64)"
 
     check_loss_curve(curve)
-    preview = out["ui"]["images"][0]
+    preview = out.ui["images"][0]
     assert preview["type"] == "temp" and (Path(cui.folder_paths.get_temp_directory()) / preview["filename"]).is_file()
     texts = [d["text"] for e, d in cui.server.messages if e == "progress_text" and d["node"] == "7"]
     assert any(t.startswith("step 3/3") for t in texts) and texts[-1].endswith("saved as folder_run.safetensors")
@@ -210,20 +210,20 @@ def test_folder_training_saves_where_loraloader_finds_it_and_renders_like_it(cui
 
 
 def test_image_batch_trains_the_same_adapter_as_the_folder_and_latents_train_too(cui, loaded, loras, encoded):
-    a = run(cui, loaded, save_name="src_folder")["result"][2]
+    a = run(cui, loaded, save_name="src_folder").result[2]
     out = run(cui, loaded, dataset_folder="", images=encoded["pixels"], captions="\n".join(encoded["captions"]), save_name="src_images")
-    b = out["result"][2]
+    b = out.result[2]
     ta, tb = adapter_tensors(loras, a), adapter_tensors(loras, b)
     assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta), "IMAGE batch and folder trained differently"
     assert read_file(loras / b)[1]["hdm_dataset"] == f"IMAGE batch ({IMAGES} images)"
-    assert torch.equal(model_output(out["result"][0]), lora_loader_output(cui, loaded[0], b))
+    assert torch.equal(model_output(out.result[0]), lora_loader_output(cui, loaded[0], b))
 
     # LATENT + conditioning, one prompt per latent
     model = loaded[0]
     before = clean_snapshot(model)
     out = run(cui, loaded, **from_latents(encoded), save_name="src_latent")
     assert_same(before, snapshot(model))
-    name = out["result"][2]
+    name = out.result[2]
     tensors, meta = read_file(loras / name)
     assert meta["hdm_dataset"] == f"LATENT ({IMAGES} latents)" and "ss_resolution" not in meta
     # The same images and captions: the same adapter up to float rounding of the pixels ([-1, 1] round trip).
@@ -232,12 +232,12 @@ def test_image_batch_trains_the_same_adapter_as_the_folder_and_latents_train_too
     diff = max(float((tensors[k].float() - ta[k].float()).abs().max()) for k in ups)
     learned = max(float(ta[k].float().abs().max()) for k in ups)
     assert learned > 1e-3 and diff < 0.02 * learned, f"LATENT and folder adapters differ by {diff} (learned up to {learned})"
-    trained = model_output(out["result"][0])
+    trained = model_output(out.result[0])
     assert torch.equal(trained, lora_loader_output(cui, model, name))
     assert float((trained - model_output(model)).abs().max()) > 1e-3
     # a single conditioning serves every latent
     out = run(cui, loaded, **{**from_latents(encoded), "conditioning": encoded["conds"][0]}, save_name="src_latent_one")
-    assert read_file(loras / out["result"][2])[1]["ss_steps"] == "3"
+    assert read_file(loras / out.result[2])[1]["ss_steps"] == "3"
 
 
 # ----------------------------------------------------------------------------- the shared model
@@ -250,7 +250,7 @@ def test_lora_on_the_input_is_the_base_and_a_failure_leaves_the_model_untouched(
             model, cui.write_lora("hdm-lora.safetensors").name, 1.0
         )[0]
     before = clean_snapshot(lora_model)
-    trained, _, name = run(cui, loaded, model=lora_model, save_name="on_lora")["result"]
+    trained, _, name = run(cui, loaded, model=lora_model, save_name="on_lora").result
     assert_same(before, snapshot(lora_model))
     # the adapter was trained on (and is applied over) the LoRA'd weights: stock LoRA path, same numbers
     got = model_output(trained)
@@ -336,18 +336,18 @@ def test_interrupt_keeps_the_adapter_trained_so_far(cui, loras, dataset, monkeyp
 # ----------------------------------------------------------------------------- names and seeds
 def test_same_seed_same_adapter_names_never_overwritten(cui, loaded, loras, encoded):
     settings = dict(algorithm="loha", target="attn", steps=2, **from_latents(encoded))
-    first = run(cui, loaded, save_name="seeded", **settings)["result"][2]
+    first = run(cui, loaded, save_name="seeded", **settings).result[2]
     stamp = (loras / first).stat().st_mtime_ns
-    second = run(cui, loaded, save_name="seeded.safetensors", **settings)["result"][2]
+    second = run(cui, loaded, save_name="seeded.safetensors", **settings).result[2]
     assert (first, second) == ("seeded.safetensors", "seeded_001.safetensors")
     assert (loras / first).stat().st_mtime_ns == stamp
     a, b = adapter_tensors(loras, first), adapter_tensors(loras, second)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    c = adapter_tensors(loras, run(cui, loaded, save_name="seeded", seed=1, **settings)["result"][2])
+    c = adapter_tensors(loras, run(cui, loaded, save_name="seeded", seed=1, **settings).result[2])
     assert any(not torch.equal(a[k], c[k]) for k in a)
     assert (loras / "seeded_002.safetensors").is_file()
 
-    sub = run(cui, loaded, save_name="hdm/sub style", steps=1, batch_size=1, **from_latents(encoded))["result"][2]
+    sub = run(cui, loaded, save_name="hdm/sub style", steps=1, batch_size=1, **from_latents(encoded)).result[2]
     assert sub == str(Path("hdm") / "sub style.safetensors") and (loras / "hdm" / "sub style.safetensors").is_file()
     assert sub in cui.folder_paths.get_filename_list("loras")
 

@@ -142,10 +142,10 @@ def test_node_definitions(comfy):
     assert comfy.nodes.NODE_DISPLAY_NAME_MAPPINGS["HDMTipoPrompt"] == "HDM TIPO Prompt"
     assert comfy.nodes.NODE_DISPLAY_NAME_MAPPINGS["HDMPromptFormat"] == "HDM Prompt Format"
     for node in (tipo_node, format_node):
-        assert node.CATEGORY == "HDM" and node.RETURN_NAMES == ("prompt", "prompt_unescaped", "categories")
+        assert node.CATEGORY == "HDM" and tuple(node.RETURN_NAMES) == ("prompt", "prompt_unescaped", "categories")
         for name, spec in node.INPUT_TYPES()["required"].items():
             assert spec[1].get("tooltip"), f"{node.__name__}.{name} has no tooltip"
-    assert "tiny-tipo" in tipo_node.INPUT_TYPES()["required"]["model"][0]
+    assert "tiny-tipo" in tipo_node.INPUT_TYPES()["required"]["model"][1]["options"]
     assert comfy.folder_paths.get_folder_paths("tipo")[0].endswith("tipo")  # models/tipo registered first
 
 
@@ -191,10 +191,14 @@ def test_node_errors_reach_the_user(comfy, tmp_path):
         "1": {"class_type": "HDMTipoPrompt", "inputs": _tipo_inputs(format="<|tags|>")},
         "2": {"class_type": "_TestCapture", "inputs": {"text_a": ["1", 0]}},
     }
-    ok, messages = _run(comfy, bad)
-    assert not ok
-    errors = [data for event, data in messages if event == "execution_error"]
-    assert errors and "unknown placeholder(s) in the format template: <|tags|>" in errors[0]["exception_message"]
+    # a template typo is refused when the prompt is queued (validate_inputs), before anything runs
+    valid = asyncio.run(comfy.execution.validate_prompt("test", bad, None))
+    assert not valid[0]
+    details = [e["details"] for err in valid[3].values() for e in err["errors"]]
+    assert any("unknown placeholder(s) in the format template: <|tags|>" in d for d in details), valid
+    # and the same message if the node runs anyway (a template from a linked string is known only then)
+    with pytest.raises(Exception, match=r"unknown placeholder\(s\) in the format template: <\|tags\|>"):
+        comfy.nodes.NODE_CLASS_MAPPINGS["HDMTipoPrompt"].execute(**_tipo_inputs(format="<|tags|>"))
 
     # no model at all: the combo shows a placeholder, and running says where to put one
     node = comfy.nodes.NODE_CLASS_MAPPINGS["HDMTipoPrompt"]
@@ -202,8 +206,11 @@ def test_node_errors_reach_the_user(comfy, tmp_path):
     saved = list(paths)
     paths[:] = [str(tmp_path)]
     try:
-        assert node.INPUT_TYPES()["required"]["model"][0] == ["(no TIPO model in models/tipo)"]
+        assert node.INPUT_TYPES()["required"]["model"][1]["options"] == ["(no TIPO model in models/tipo)"]
+        # refused before the graph runs, with the message running it would give
+        message = node.validate_inputs(model="(no TIPO model in models/tipo)", format="<|general|>")
+        assert message.startswith(f"No TIPO model found in {tmp_path}. Download a TIPO model into it")
         with pytest.raises(Exception, match=f"No TIPO model found in {tmp_path}. Download a TIPO model into it"):
-            node().expand(**_tipo_inputs(model="(no TIPO model in models/tipo)"))
+            node.execute(**_tipo_inputs(model="(no TIPO model in models/tipo)"))
     finally:
         paths[:] = saved
