@@ -44,17 +44,21 @@ def hdm_sigmas(model, scheduler: str, steps: int, denoise: float = 1.0) -> torch
 
 
 def check_hdm_latent(samples: torch.Tensor) -> None:
-    """Fail early, with the fix, on latents HDM cannot denoise."""
+    """Fail early, with the fix, on latents HDM cannot denoise.
+
+    Any size is fine (the model pads to its 2x2 patch grid and crops back); the channels
+    must be the EQ-SDXL-VAE's, and a side must hold at least one patch.
+    """
     if samples.ndim != 4 or samples.shape[1] != LATENT_CHANNELS:
         raise ValueError(
             f"HDM Sampler: expected an image latent with {LATENT_CHANNELS} channels (Empty Latent Image or VAE Encode with the "
             f"EQ-SDXL-VAE), got a latent of shape {list(samples.shape)}"
         )
     h, w = samples.shape[-2:]
-    if h % 2 or w % 2:
+    if h < 2 or w < 2:
         raise ValueError(
-            f"HDM Sampler: HDM needs an image width and height that are multiples of 16 pixels; this latent is {w * 8}x{h * 8} px. "
-            f"Use e.g. {max(16, round(w * 8 / 16) * 16)}x{max(16, round(h * 8 / 16) * 16)} in Empty Latent Image."
+            f"HDM Sampler: this latent is {w * 8}x{h * 8} px; HDM needs images of at least 16x16 px. "
+            "Use a larger width and height in Empty Latent Image."
         )
 
 
@@ -70,7 +74,7 @@ class HDMSampler(io.ComfyNode):
                 io.Model.Input("model", tooltip="The HDM model (from HDM Checkpoint Loader, optionally through LoRA or ModelSampling nodes)."),
                 io.Conditioning.Input("positive", tooltip="What the image should show (HDM Text Encode), optionally through HDM Camera / HDM TREAD Guidance."),
                 io.Conditioning.Input("negative", tooltip="What to steer away from; an empty prompt is HDM's usual unconditional input."),
-                io.Latent.Input("latent_image", tooltip="The latent to denoise: Empty Latent Image with width and height multiples of 16 (1024x1024, 1280x960, 1440x800 ...)."),
+                io.Latent.Input("latent_image", tooltip="The latent to denoise: Empty Latent Image (HDM was trained at about 1024x1024 pixels: 1024x1024, 1280x960, 1440x800 ...; sizes off the 16-px grid are padded to the model's patch grid and cropped back)."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True, tooltip="Seed of the starting noise (and of TREAD's token choice); the same seed gives the same image."),
                 io.Int.Input("steps", default=24, min=1, max=10000, tooltip="Number of sampling steps; the model card recommends 16-32."),
                 io.Float.Input("cfg", default=3.0, min=0.0, max=100.0, step=0.1, round=0.01, tooltip="Classifier-free guidance scale; the model card recommends 2-4."),

@@ -81,19 +81,26 @@ def test_checkpoint_without_text_encoder_still_loads_when_clip_comes_from_elsewh
 
 
 @pytest.mark.parametrize("width,height", [(72, 64), (64, 40)])
-def test_size_not_multiple_of_16(cui, width, height):
-    msg = expect_error(cui, H.txt2img_prompt(width=width, height=height), "7", "multiples of 16 pixels", f"{width}x{height}")
-    assert "Empty Latent Image" in msg
-    # The model family itself takes any size (padded to the patch grid, cropped back: tests/test_anysize.py),
-    # so the stock KSampler runs; the check above is HDM Sampler's own (nodes/sampler.py).
-    prompt = H.txt2img_prompt(width=width, height=height)
-    prompt["7"] = {"class_type": "KSampler", "inputs": {
-        "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0], "seed": 0, "steps": 1, "cfg": 3.0,
-        "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}}
-    result = cui.run(prompt, {"image": ("8", 0)})
-    assert result.ok, result.error()
-    image = result.outputs["image"]
-    assert image.shape == (1, height, width, 3) and torch.isfinite(image).all()
+def test_size_not_multiple_of_16_runs_padded(cui, width, height):
+    """Sizes off the 16-px grid run in HDM Sampler and stock KSampler alike (padded to the patch grid,
+    cropped back: tests/test_anysize.py) and give an image of exactly the asked size."""
+    for sampler in ("HDMSampler", "KSampler"):
+        prompt = H.txt2img_prompt(width=width, height=height)
+        if sampler == "KSampler":
+            prompt["7"] = {"class_type": "KSampler", "inputs": {
+                "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0], "seed": 0, "steps": 1,
+                "cfg": 3.0, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}}  # fmt: skip
+        result = cui.run(prompt, {"image": ("8", 0)})
+        assert result.ok, result.error()
+        image = result.outputs["image"]
+        assert image.shape == (1, height, width, 3) and torch.isfinite(image).all()
+
+
+def test_too_small_latent_is_named(cui):
+    prompt = H.txt2img_prompt(width=16, height=64)  # Empty Latent Image's smallest width, then halved: 8x32 px
+    prompt["10"] = {"class_type": "LatentUpscaleBy", "inputs": {"samples": ["4", 0], "upscale_method": "nearest-exact", "scale_by": 0.5}}
+    prompt["7"]["inputs"]["latent_image"] = ["10", 0]
+    expect_error(cui, prompt, "7", "at least 16x16 px", "8x32")
 
 
 @pytest.mark.parametrize(

@@ -294,9 +294,6 @@ def test_off_grid_sizes_sample_the_same_latents_in_both(cui, shared, headless, m
     sampler_id = H.find_node(prompt, "HDMSampler")
     for node_id in [k for k, v in prompt.items() if v["class_type"] in ("HDMVAEDecode", "VAEDecode", "SaveImage", "PreviewImage")]:
         del prompt[node_id]
-    # HDM Sampler's own multiple-of-16 check (nodes/sampler.py, not part of the model family)
-    # predates any-size support; bypass it here until that node drops it.
-    monkeypatch.setattr(live(cui, "sampler"), "check_hdm_latent", lambda samples: None, raising=False)
     comfy = normalize(run_ok(cui, prompt, {"latent": (sampler_id, 0)}).outputs["latent"]["samples"].float())
 
     pipe = headless
