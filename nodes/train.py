@@ -87,6 +87,7 @@ from ..hdm_core.train.data import image_records
 from ..hdm_core.train.optim import SCHEDULERS
 from ..hdm_core.train.plot import loss_curve_image
 from .conditioning import BRACKET_MODES, encode_prompt
+from .train_preview import PREVIEW_CFG, PREVIEW_STEPS, TrainingPreview
 from .v3 import ADVANCED, check_options, io, schema
 
 log = logging.getLogger(__name__)
@@ -331,11 +332,15 @@ class Progress:
     def stage(self, total: int) -> None:
         self.bar = comfy.utils.ProgressBar(total, node_id=self.node_id)
 
-    def update(self, value: int, total: int) -> None:
+    def update(self, value: int, total: int, preview: tuple | None = None) -> None:
         try:
-            self.bar.update_absolute(value, total)
+            self.bar.update_absolute(value, total, preview)
         except mm.InterruptProcessingException:
             self.interrupted = True
+
+    def preview(self, step: int, image: tuple) -> None:
+        """Show a sample image (``("JPEG", PIL image, max size)``) in the node's progress preview."""
+        self.update(step, self.bar.total, image)
 
     def text(self, message: str, force: bool = False) -> None:
         now = time.monotonic()
@@ -423,6 +428,8 @@ class HDMTrainLyCORIS(io.ComfyNode):
                 io.String.Input("captions", optional=True, multiline=True, default="", tooltip="Captions of the 'images' batch: one line per image, or a single line for all images."),
                 io.Latent.Input("latent", optional=True, tooltip="Train on ready-made latents instead (VAE Encode with the EQ-SDXL-VAE), with 'conditioning'; no CLIP or VAE needed."),
                 io.Conditioning.Input("conditioning", optional=True, tooltip="Conditioning for 'latent' (HDM Text Encode): one prompt for all latents, or one per latent in order (e.g. Conditioning Combine)."),
+                # optional and last: workflows saved before it existed load and run unchanged (0 = off)
+                io.Int.Input("preview_every", optional=True, default=0, min=0, max=1000000, tooltip=f"Show a sample image in this node's preview every N steps (0 = off): the first caption, seed 'seed', euler {PREVIEW_STEPS} steps at CFG {PREVIEW_CFG}, at the first image's size, with the adapter trained so far; decoded by the VAE when connected, else a rough latent preview. Costs that many sampling steps each time; never changes the trained adapter."),
             ],
             outputs=[
                 io.Model.Output("model_out", display_name="model", tooltip="The input MODEL with the trained adapter applied through ComfyUI's normal LoRA loader (strength 1)."),
@@ -552,7 +559,7 @@ class HDMTrainLyCORIS(io.ComfyNode):
     def execute(cls, model, dataset_folder, resolution, crop, missing_captions, bracket_mode, algorithm, rank, alpha,
               lokr_factor, target, exclude, steps, batch_size, learning_rate, scheduler, warmup_steps, tread_rate, seed,
               save_name, save_every, gradient_checkpointing, precision, clip=None, vae=None, images=None, captions="",
-              latent=None, conditioning=None) -> io.NodeOutput:  # fmt: skip
+              latent=None, conditioning=None, preview_every=0) -> io.NodeOutput:  # fmt: skip
         hidden = getattr(cls, "hidden", None)
         unique_id = getattr(hidden, "unique_id", None) if hidden is not None else None
         device = mm.get_torch_device()
@@ -576,7 +583,7 @@ class HDMTrainLyCORIS(io.ComfyNode):
         progress.raise_if_interrupted()
 
         root, folder, stem = output_target(save_name)
-        config = dataclasses.replace(base_cfg, output_dir=str(folder), output_name=stem)
+        config = dataclasses.replace(base_cfg, output_dir=str(folder), output_name=stem, sample_every=int(preview_every or 0))
         metadata: dict[str, Any] = {
             "ss_num_train_images": source.images,
             "hdm_dataset": source.description,
@@ -600,7 +607,12 @@ class HDMTrainLyCORIS(io.ComfyNode):
                 del weights
                 progress.stage(config.steps)
                 progress.text(f"training {adapter_cfg.algo} on {source.description}: {config.steps} steps", force=True)
-                callbacks = TrainCallbacks(progress=progress.on_step, should_stop=progress.should_stop)
+                sample = None
+                if config.sample_every:
+                    sample = TrainingPreview(
+                        model, vae, source.data.contexts[0], source.data.latents[0], int(seed), device, mixed, progress.preview
+                    )  # fmt: skip
+                callbacks = TrainCallbacks(progress=progress.on_step, should_stop=progress.should_stop, sample=sample)
                 try:
                     result = train(xut, source.data, adapter_cfg, config, device=device, callbacks=callbacks, metadata=metadata)
                 except (TrainingError, AdapterError, DatasetError) as exc:

@@ -280,7 +280,7 @@ OFF_GRID = {
 
 
 @pytest.mark.parametrize("size", sorted(OFF_GRID))
-def test_off_grid_sizes_sample_the_same_latents_in_both(cui, shared, headless, monkeypatch, size):
+def test_off_grid_sizes_sample_the_same_latents_in_both(cui, shared, headless, size):
     """Sizes that are not multiples of 16 px: ComfyUI (HDM model family, through the shipped
     workflow) and hdm_core's pipeline pad to the patch grid the same way, with the same
     positions, aspect addon and TREAD tokens, so the sampled latents agree (compared before
