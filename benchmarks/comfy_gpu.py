@@ -50,10 +50,10 @@ DATASET = "hdm_bench_dataset"
 #: (name, ComfyUI flags) of every GPU start-up state; the first one also runs cases b–d.
 GPU_STATES = [
     ("default", []),
-    ("no-dynamic-vram", ["--disable-dynamic-vram"]),
-    ("lowvram", ["--lowvram"]),
-    ("lowvram-no-dynamic", ["--lowvram", "--disable-dynamic-vram"]),
     ("novram", ["--novram"]),
+    ("lowvram", ["--lowvram"]),
+    ("no-dynamic-vram", ["--disable-dynamic-vram"]),
+    ("lowvram-no-dynamic", ["--lowvram", "--disable-dynamic-vram"]),
     ("highvram", ["--highvram"]),
 ]
 WEIGHT_DTYPES = ["default", "fp32", "fp16", "bf16", "fp8_e4m3fn"]
@@ -120,7 +120,7 @@ def params(args, files: dict) -> dict:
         "ckpt": files["ckpt"], "te": files["te"], "ckpt_name": CKPT_NAME, "te_name": TE_NAME,
         "prompt": PROMPT, "negative": NEGATIVE, "seed": 1, "cfg": 3.0,
         "size": 64 if smoke else args.size, "steps": 3 if smoke else args.steps,
-        "headless_dtype": "fp32" if smoke else "fp16", "weight_dtypes": WEIGHT_DTYPES, "warm_runs": not smoke,
+        "headless_dtype": "fp32" if smoke else "fp16", "weight_dtypes": WEIGHT_DTYPES, "warm_runs": args.warm_runs,
         "reference": str(args.reference) if args.reference else None,
         "train": {"folder": DATASET, "resolution": 64 if smoke else 1024, "steps": 2 if smoke else 20,
                   "batch": 2 if smoke else 4, "tread": 0.5, "precision": "fp32" if smoke else "bf16", "caption": CAPTION},
@@ -370,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--cases", nargs="+", default=["workflows", "dtypes", "compile", "train"], help="cases of the default state")
     ap.add_argument("--states", nargs="+", default=None, help="GPU states to run (default: all)")
+    ap.add_argument("--warm-runs", action="store_true", help="also run every prompt a second time (next seed) and time that run")
     ap.add_argument("--time-limit", type=float, default=None, help="seconds for the whole run (default 450 on CUDA, none with --smoke)")
     args = ap.parse_args(argv)
     if args.time_limit is None:

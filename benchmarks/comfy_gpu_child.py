@@ -456,7 +456,6 @@ def case_train(c: ComfyChild, p: dict) -> dict:
     if len(saved) != 1:
         raise RuntimeError(f"the training node saved {len(saved)} files in models/loras")
     lora_name = saved[0].relative_to(loras).as_posix()
-    c.folder_paths.filename_list_cache.clear() if hasattr(c.folder_paths, "filename_list_cache") else None
     via_lora = hdm_sampler_prompt(p, seed=p["seed"], model=["21", 0], prefix=f"{c.spec['name']}_loadlora")
     via_lora["21"] = {"class_type": "LoraLoaderModelOnly", "inputs": {"model": [loader, 0], "lora_name": lora_name, "strength_model": 1.0}}
     loaded = c.run(via_lora)

@@ -7,7 +7,8 @@ The GPU machine (see benchmarks/README.md, "ComfyUI on a GPU") has Python 3.12, 
 usual scientific stack, but not ComfyUI or the packages ComfyUI v0.33 adds, and a call may carry
 64 MiB in all (the repository included). The bundle is:
 
-* ``.gpu_bundle/comfyui/`` — ComfyUI's source as the in-process run imports it, trimmed: no git
+* ``.gpu_bundle/comfyui.tar.xz`` — ComfyUI's source as the in-process run imports it (12 MiB
+  unpacked, 2-3 MiB packed: the device command unpacks it to /tmp), trimmed: no git
   history, tests, docs, frontend/blueprint/example assets, API nodes (the run starts without
   them) or byte-code, and of ``comfy/``'s tokenizer data only ``qwen25_tokenizer`` (the one HDM's
   text encoder uses); every ``.py`` file stays, so no import can miss.
@@ -16,6 +17,7 @@ usual scientific stack, but not ComfyUI or the packages ComfyUI v0.33 adds, and 
   training node. ``comfy_kitchen`` is repacked without its compiled CUDA (176 MB) and HIP
   (59 MB) backends — its wheel alone is 58 MB — so it runs on its eager and Triton backends (it
   falls back by itself when ``_C`` is missing); everything else is shipped as released.
+* ``.gpu_bundle/reference/src/xut`` — with ``--reference``: the reference implementation's package.
 * ``.gpu_bundle/MANIFEST.json`` — what was shipped, repacked and left out, and the sizes.
 
 ``--verify`` builds the same wheels for *this* machine's Python, installs them with pip
@@ -36,6 +38,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 import zipfile
@@ -70,19 +73,22 @@ triton typer typing-extensions typing-inspect urllib3 uvloop wadler-lindig werkz
 #: What the run needs that the image lacks: ComfyUI v0.33's requirements.txt (essential part) and
 #: their dependencies, plus lycoris-lora (HDM Train LyCORIS). Versions: those installed here.
 WHEELS = ["comfy-kitchen", "comfy-aimdo", "av", "torchsde", "trampoline", "alembic", "mako", "sqlalchemy",
-          "simpleeval", "blake3", "toml", "lycoris-lora"]  # fmt: skip
+          "simpleeval", "blake3", "toml", "pydantic", "pydantic-core", "annotated-types", "typing-inspection",
+          "lycoris-lora"]  # fmt: skip
+#: pydantic is "non-essential" in requirements.txt, but server.py imports the asset routes, which need it.
 #: Non-essential ComfyUI requirements left out: only other node families import them (ComfyUI logs
 #: those nodes as failed to import and goes on), none of the nodes this run uses.
 LEFT_OUT = {
     "kornia": "image-processing nodes (comfy_extras), not used by HDM",
     "spandrel": "upscale-model nodes, not used by HDM",
-    "pydantic / pydantic-settings": "API nodes and the asset database, not started by the in-process run",
+    "pydantic-settings": "comfy_config (pyproject parsing of registry nodes), not reached by this run",
     "PyOpenGL / comfy-angle": "GL-based nodes, not used by HDM",
-    "comfyui-frontend-package / workflow-templates / embedded-docs": "the web UI; the run has no server",
+    "comfyui-frontend-package / workflow-templates / embedded-docs": "the web UI; the run starts no web server",
 }
-#: Trimmed from the ComfyUI tree (relative paths; folders whole).
-TRIM_DIRS = {".git", ".github", ".ci", "tests", "tests-unit", "script_examples", "blueprints", "comfy_api_nodes",
-             "custom_nodes", "models", "input", "output", "temp", "user", "web", "__pycache__", ".pytest_cache"}  # fmt: skip
+#: Trimmed from the top of the ComfyUI tree (folders whole), and anywhere in it.
+TRIM_TOP = {".git", ".github", ".ci", "tests", "tests-unit", "script_examples", "blueprints", "comfy_api_nodes",
+            "custom_nodes", "models", "input", "output", "temp", "user", "web"}  # fmt: skip
+TRIM_ANYWHERE = {"__pycache__", ".pytest_cache", ".git"}
 TRIM_SUFFIXES = {".pyc", ".md", ".png", ".jpg", ".webp", ".gif"}
 KEEP_TOKENIZERS = {"qwen25_tokenizer"}
 KITCHEN_DROP = re.compile(r"^comfy_kitchen/backends/(cuda|hip)/_C\..*\.(so|pyd)$")
@@ -113,9 +119,9 @@ def copy_comfyui(src: Path, dst: Path) -> dict:
         for n in names:
             p = here / n
             rel = p.relative_to(src).as_posix()
-            if n in TRIM_DIRS or (p.is_file() and p.suffix.lower() in TRIM_SUFFIXES and rel != "LICENSE"):
+            if n in TRIM_ANYWHERE or (here == src and n in TRIM_TOP) or (p.is_file() and p.suffix.lower() in TRIM_SUFFIXES and rel != "LICENSE"):
                 out.add(n)
-            elif p.is_dir() and n.endswith("tokenizer") and n not in KEEP_TOKENIZERS and "comfy" in rel.split("/")[0]:
+            elif p.is_dir() and n.endswith("tokenizer") and n not in KEEP_TOKENIZERS and not any(p.rglob("*.py")):  # data only
                 out.add(n)
             elif p.is_file() and n.endswith((".yaml", ".json")) and rel.startswith(("openapi", "comfy_api_nodes")):
                 out.add(n)
@@ -181,19 +187,38 @@ def travelling_size() -> int:
     return sum((REPO / f).stat().st_size for f in out.stdout.decode().split("\0") if f and (REPO / f).is_file())
 
 
-def build(comfyui: Path, out: Path, python_version: str) -> dict:
+def copy_reference(src: Path, dst: Path) -> int:
+    """The reference implementation's Python package (``src/xut``), for the speed table's reference row."""
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src / "src" / "xut", dst / "src" / "xut", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return size_of(dst)
+
+
+def build(comfyui: Path, out: Path, python_version: str, reference: Path | None = None) -> dict:
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     version_file = comfyui / "comfyui_version.py"
     version = version_file.read_text().split("=")[-1].strip().strip("\"'") if version_file.is_file() else "?"
-    dropped = copy_comfyui(comfyui, out / "comfyui")
+    with tempfile.TemporaryDirectory() as tmp:
+        dropped = copy_comfyui(comfyui, Path(tmp) / "comfyui")
+        unpacked = size_of(Path(tmp) / "comfyui")
+        if (out / "comfyui").exists():  # an older, unpacked bundle
+            shutil.rmtree(out / "comfyui")
+        with tarfile.open(out / "comfyui.tar.xz.tmp", "w:xz") as tar:
+            tar.add(Path(tmp) / "comfyui", arcname="comfyui")
+        (out / "comfyui.tar.xz.tmp").replace(out / "comfyui.tar.xz")
     wheels = build_wheels(out / "whl", python_version)
-    comfy_size, whl_size = size_of(out / "comfyui"), size_of(out / "whl")
+    comfy_size, whl_size = size_of(out / "comfyui.tar.xz"), size_of(out / "whl")
+    ref_size = copy_reference(reference, out / "reference") if reference else 0
+    if not reference and (out / "reference").exists():
+        shutil.rmtree(out / "reference")
     repo_size = travelling_size()
     manifest = {
         "comfyui_version": version,
         "python_version": python_version,
         "comfyui_bytes": comfy_size,
+        "comfyui_unpacked_bytes": unpacked,
         "comfyui_dropped_bytes": sum(dropped.values()),
         "comfyui_dropped": sorted(k for k, v in dropped.items() if v > 50_000),
         "wheels": wheels["wheels"],
@@ -202,16 +227,17 @@ def build(comfyui: Path, out: Path, python_version: str) -> dict:
         "left_out_packages": LEFT_OUT,
         "repo_bytes": repo_size,
     }
-    total = repo_size + comfy_size + whl_size + 4096
+    manifest["reference_bytes"] = ref_size
+    total = repo_size + comfy_size + whl_size + ref_size + 4096
     manifest["carry_total_bytes"] = total
-    shipped = ", ".join(sorted(re.split(r"-\d", w)[0] for w in wheels["wheels"]))
+    shipped = ", ".join(sorted(re.split(r"-\d", w)[0] for w in wheels["wheels"] if not w.startswith("comfy_kitchen")))
     manifest["summary"] = (
-        f"ComfyUI {version} source trimmed to {mib(comfy_size)} (every .py kept; tokenizers other than qwen25, tests, docs, "
+        f"ComfyUI {version} source trimmed to {mib(unpacked)} (every .py kept; tokenizers other than qwen25, tests, docs, "
         f"API nodes and assets left out); wheels as released: {shipped}; comfy_kitchen repacked without its compiled CUDA "
         f"and HIP backends (eager/triton only); left out: {', '.join(LEFT_OUT)}"
     )
     (out / "MANIFEST.json").write_text(json.dumps(manifest, indent=1))
-    print(f"ComfyUI {version} source (trimmed): {mib(comfy_size)} (left out {mib(sum(dropped.values()))})")
+    print(f"ComfyUI {version} source (trimmed): {mib(unpacked)}, packed {mib(comfy_size)} (left out {mib(sum(dropped.values()))})")
     for name, n in wheels["wheels"].items():
         print(f"  {name}: {mib(n)}")
     print(f"comfy_kitchen wheel {mib(wheels['kitchen_wheel_before'])} → {mib(wheels['kitchen_wheel_after'])} "
@@ -224,12 +250,35 @@ def build(comfyui: Path, out: Path, python_version: str) -> dict:
 
 
 # ----------------------------------------------------------------------------- verification
+def image_closure() -> set[str]:
+    """The image's packages plus what *this* environment's versions of them require (e.g. a newer
+    huggingface-hub's own dependencies): the image has each of its packages' needs installed."""
+    from packaging.requirements import Requirement
+
+    dists = {norm(d.metadata["Name"]): d for d in md.distributions()}
+    todo = [norm(n) for n in GPU_IMAGE_PACKAGES]
+    seen: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for req in (dists[name].requires or []) if name in dists else []:
+            r = Requirement(req)
+            if r.marker is None or r.marker.evaluate({"extra": ""}):
+                todo.append(norm(r.name))
+    extra = sorted(seen - {norm(n) for n in GPU_IMAGE_PACKAGES} - set(map(norm, WHEELS)))
+    if extra:
+        print(f"linked as dependencies of the image's packages (this environment's versions): {', '.join(extra)}")
+    return seen - set(map(norm, WHEELS))
+
+
 def gpu_like_venv(root: Path) -> Path:
     """A fresh venv whose site-packages links only the packages the GPU image has, from this environment."""
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     site = next((venv / "lib").glob("python3*/site-packages"))
-    wanted = {norm(n) for n in GPU_IMAGE_PACKAGES}
+    wanted = image_closure()
     linked = set()
     for dist in md.distributions():
         if norm(dist.metadata["Name"]) not in wanted or not dist.files:
@@ -249,10 +298,13 @@ def gpu_like_venv(root: Path) -> Path:
     return venv / "bin" / "python"
 
 
-def verify(comfyui_bundle: Path) -> int:
+def verify(comfyui_tar: Path) -> int:
     """Smoke-run the benchmark on only the trimmed tree + the bundle's packages (built for this Python)."""
     root = Path(tempfile.mkdtemp(prefix="hdm-gpu-bundle-verify-"))
     try:
+        with tarfile.open(comfyui_tar) as tar:
+            tar.extractall(root, filter="data")
+        comfyui_bundle = root / "comfyui"
         local = f"{sys.version_info.major}.{sys.version_info.minor}"
         print(f"\n--verify: wheels for Python {local}, a venv with only the GPU image's packages, the trimmed ComfyUI")
         build_wheels(root / "whl", local)
@@ -282,14 +334,15 @@ def main() -> int:
     ap.add_argument("--comfyui", default=os.environ.get("COMFYUI_PATH", str(Path.home() / "ComfyUI")), help="ComfyUI v0.33 checkout")
     ap.add_argument("--out", type=Path, default=BUNDLE)
     ap.add_argument("--python-version", default="3.12", help="the GPU machine's Python")
+    ap.add_argument("--reference", type=Path, default=None, help="checkout of KohakuBlueleaf/HDM: its src/xut goes in too")
     ap.add_argument("--verify", action="store_true", help="then smoke-run the benchmark on only the bundle (CPU)")
     args = ap.parse_args()
     comfyui = Path(args.comfyui).expanduser()
     if not (comfyui / "comfy" / "model_management.py").is_file():
         print(f"no ComfyUI checkout at {comfyui} (pass --comfyui)", file=sys.stderr)
         return 2
-    build(comfyui, args.out, args.python_version)
-    return verify(args.out / "comfyui") if args.verify else 0
+    build(comfyui, args.out, args.python_version, args.reference.expanduser() if args.reference else None)
+    return verify(args.out / "comfyui.tar.xz") if args.verify else 0
 
 
 if __name__ == "__main__":
