@@ -176,8 +176,13 @@ class UnPatch(nn.Module):
 
 
 def island_dtype(dtype: torch.dtype | None) -> torch.dtype:
-    """Parameter dtype of the conditioning path for a model of ``dtype``: at least float32."""
-    return torch.promote_types(dtype if dtype is not None else torch.get_default_dtype(), torch.float32)
+    """Parameter dtype of the conditioning path for a model of ``dtype``: at least float32.
+
+    float64 stays float64; everything narrower — fp16, bf16 and the fp8 storage dtypes ComfyUI's
+    ``weight_dtype`` gives, which ``torch.promote_types`` refuses to promote — gets float32.
+    """
+    dtype = dtype if dtype is not None else torch.get_default_dtype()
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 #: State-dict prefixes of the conditioning path, whose weights stay at least float32.
