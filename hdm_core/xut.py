@@ -356,6 +356,10 @@ class XUT(nn.Module):
         recompiles once with dynamic shapes), so varying prompts do not exhaust the recompile
         limit. Measured in ``benchmarks/gpu.py``.
         """
+        if self.keep_rope_tables is None:
+            # Kept tables fill a dict block by block, and each compiled block would recompile
+            # for every state of it (hitting dynamo's recompile limit on CPU): compute per block.
+            self.keep_rope_tables = False
         for m in self.modules():
             if isinstance(m, TransformerBlock):
                 m.compile(**compile_kwargs)
@@ -423,7 +427,9 @@ class XUT(nn.Module):
         table is computed when needed and dropped, which keeps GPU memory flat.
         """
         keep = self.keep_rope_tables if self.keep_rope_tables is not None else pos.device.type == "cpu"
-        if torch.is_grad_enabled() or not keep:
+        # Under torch.compile (e.g. ComfyUI's TorchCompileModel on the whole model) the cache's
+        # content check is a data-dependent graph break, and the graph recomputes tables cheaply.
+        if torch.is_grad_enabled() or not keep or torch.compiler.is_compiling():
             return RopeTables(pos)
         ropes = [m for m in self.modules() if isinstance(m, AxialRoPE)]
         # Compare contents, not version counters: inference tensors (ComfyUI loads and patches
