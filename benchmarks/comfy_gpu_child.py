@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import copy
 import importlib
+import inspect
 import json
 import statistics
 import sys
@@ -203,17 +204,21 @@ class ComfyChild:
         self.step_times: list[float] = []
         nodes.NODE_CLASS_MAPPINGS[StepTimer.NAME] = StepTimer
         StepTimer.child = self
-        self.executor = execution.PromptExecutor(self.server, cache_type=False, cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})
+        if "cache_args" in inspect.signature(execution.PromptExecutor.__init__).parameters:  # v0.33; older: no cache_args
+            self.executor = execution.PromptExecutor(self.server, cache_type=False, cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})
+        else:
+            self.executor = execution.PromptExecutor(self.server, cache_type=False)
         self.info = {
             "flags": spec["flags"],
             "vram_state": mm.vram_state.name,
             "dynamic_vram": self.dynamic_vram,
             "async_offload_streams": getattr(mm, "NUM_STREAMS", None),
-            "pinned_memory": not self.args.disable_pinned_memory and getattr(mm, "MAX_PINNED_MEMORY", 0) > 0,
+            "pinned_memory": not getattr(self.args, "disable_pinned_memory", False) and getattr(mm, "MAX_PINNED_MEMORY", 0) > 0,
             "attention": self._attention(),
             "comfy_kitchen_backends": self._kitchen(),
             "loader_has_weight_dtype": "weight_dtype" in self.loader_inputs(),
             "device": mm.get_torch_device_name(mm.get_torch_device()),
+            "vae_dtype": str(mm.vae_dtype(mm.get_torch_device())).replace("torch.", ""),
         }
 
     def _enable_dynamic_vram(self, comfyui: Path) -> None:
