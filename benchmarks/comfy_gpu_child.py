@@ -659,12 +659,12 @@ def main() -> None:
 
     p = spec["params"]
     try:
-        import_hdm_core()
-        if spec["kind"] == "comfy":
+        if spec["kind"] == "comfy":  # nothing imports torch before ComfyUI's start-up (comfy-aimdo first, as main.py)
             child = ComfyChild(spec)
             result["info"] = child.info
             cases = COMFY_CASES
         else:
+            import_hdm_core()
             import torch
 
             result["info"] = {"device": torch.cuda.get_device_name() if spec["device"] == "cuda" else "cpu", "torch": torch.__version__}
