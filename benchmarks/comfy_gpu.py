@@ -221,7 +221,7 @@ def tables(results: dict, args) -> tuple[str, dict]:
                  f"driver {results.get('driver') or '—'} · {'--smoke (CPU, tiny files)' if args.smoke else 'released-size random files'}, "
                  f"{results['params']['size']}², {results['params']['steps']} steps, CFG {results['params']['cfg']}")  # fmt: skip
     if info0.get("vae_dtype"):
-        lines.append(f"ComfyUI's default VAE dtype here: {info0['vae_dtype']} (headless decodes in {results['params']['headless_dtype']} on CUDA, float32 on a CPU)")
+        lines.append(f"ComfyUI's default VAE dtype here: {info0['vae_dtype']} (headless decodes in {'float32' if args.smoke else results['params']['headless_dtype']})")
     if info0.get("comfy_kitchen_backends") is not None:
         lines.append(f"comfy_kitchen backends available: {info0['comfy_kitchen_backends']}")
     if results.get("bundle"):
