@@ -202,12 +202,11 @@ def pad_to_patch_size(x: torch.Tensor, patch_size: int) -> torch.Tensor:
 def island_dtype(dtype: torch.dtype | None) -> torch.dtype:
     """Parameter dtype of the conditioning path for a model of ``dtype``: at least float32.
 
-    fp8 storage (ComfyUI's fp8 ``weight_dtype``) has no type promotion in PyTorch; its island is float32.
+    float64 stays float64; everything narrower — fp16, bf16 and the fp8 storage dtypes ComfyUI's
+    ``weight_dtype`` gives, which ``torch.promote_types`` refuses to promote — gets float32.
     """
     dtype = dtype if dtype is not None else torch.get_default_dtype()
-    if dtype.itemsize < 2:
-        return torch.float32
-    return torch.promote_types(dtype, torch.float32)
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 #: State-dict prefixes of the conditioning path, whose weights stay at least float32.
@@ -382,6 +381,10 @@ class XUT(nn.Module):
         recompiles once with dynamic shapes), so varying prompts do not exhaust the recompile
         limit. Measured in ``benchmarks/gpu.py``.
         """
+        if self.keep_rope_tables is None:
+            # Kept tables fill a dict block by block, and each compiled block would recompile
+            # for every state of it (hitting dynamo's recompile limit on CPU): compute per block.
+            self.keep_rope_tables = False
         for m in self.modules():
             if isinstance(m, TransformerBlock):
                 m.compile(**compile_kwargs)
@@ -481,7 +484,9 @@ class XUT(nn.Module):
         table is computed when needed and dropped, which keeps GPU memory flat.
         """
         keep = self.keep_rope_tables if self.keep_rope_tables is not None else pos.device.type == "cpu"
-        if torch.is_grad_enabled() or not keep:
+        # Under torch.compile (e.g. ComfyUI's TorchCompileModel on the whole model) the cache's
+        # content check is a data-dependent graph break, and the graph recomputes tables cheaply.
+        if torch.is_grad_enabled() or not keep or torch.compiler.is_compiling():
             return RopeTables(pos)
         ropes = [m for m in self.modules() if isinstance(m, AxialRoPE)]
         # Compare contents, not version counters: inference tensors (ComfyUI loads and patches
