@@ -195,7 +195,7 @@ def encoders(cui, shared):
     """(ComfyUI CLIP from HDM Text Encoder Loader, hdm_core TextEncoder) on the same bf16 file, both computing in float32."""
     from hdm_core.text import TextEncoder
 
-    (clip,) = cui.nodes.NODE_CLASS_MAPPINGS["HDMTextEncoderLoader"]().load(shared["te"].name)
+    (clip,) = cui.nodes.NODE_CLASS_MAPPINGS["HDMTextEncoderLoader"].execute(shared["te"].name).result
     return clip, TextEncoder.from_file(shared["te"], dtype=torch.float32)
 
 
@@ -203,7 +203,7 @@ def comfy_encode(cui, clip, text, mode=None):
     if mode is None:  # the stock CLIP Text Encode node
         (cond,) = cui.nodes.NODE_CLASS_MAPPINGS["CLIPTextEncode"]().encode(clip, text)
     else:
-        (cond,) = cui.nodes.NODE_CLASS_MAPPINGS["HDMTextEncode"]().encode(clip, text, mode)
+        (cond,) = cui.nodes.NODE_CLASS_MAPPINGS["HDMTextEncode"].execute(clip, text, mode).result
     assert len(cond) == 1
     return cond[0][0]
 

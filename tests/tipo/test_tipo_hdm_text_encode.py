@@ -72,7 +72,7 @@ def test_tipo_prompt_reaches_the_model_as_literal_text(cui, hdm_te, escape):
         assert text == plain
 
     # The tokens ComfyUI built are the literal prompt's tokens, all at weight 1.
-    clip = cui.nodes.NODE_CLASS_MAPPINGS["HDMTextEncoderLoader"]().load(cui.shared["te"].name)[0]
+    clip = cui.nodes.NODE_CLASS_MAPPINGS["HDMTextEncoderLoader"].execute(cui.shared["te"].name).result[0]
     prepared = cui.hdm.conditioning.prepare_prompt(text, "danbooru")
     pairs = [pair for batch in next(iter(clip.tokenize(prepared).values())) for pair in batch]
     ids, _ = hdm_te.tokenize([plain])
@@ -85,7 +85,7 @@ def test_tipo_prompt_reaches_the_model_as_literal_text(cui, hdm_te, escape):
     ref = hdm_te.encode([plain]).float()
     torch.testing.assert_close(cond[0][0].float(), ref, rtol=1e-5, atol=2e-5)
     # (the same text through stock parsing loses its brackets to weights: the check above can fail)
-    stock = cui.nodes.NODE_CLASS_MAPPINGS["HDMTextEncode"]().encode(clip, plain, "comfy")[0][0][0]
+    stock = cui.nodes.NODE_CLASS_MAPPINGS["HDMTextEncode"].execute(clip, plain, "comfy").result[0][0][0]
     assert stock.shape != ref.shape or not torch.allclose(stock.float(), ref, rtol=1e-5, atol=2e-5)
 
     assert out["image"].shape == (1, 64, 64, 3) and torch.isfinite(out["image"]).all()
