@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from hdm_core.pipeline import check_size
 from hdm_core.train import AdapterConfig, BucketConfig, CaptionConfig, OptimizerConfig, TimestepConfig, TrainConfig
 
 
@@ -186,9 +187,10 @@ def parse_config(data: Mapping[str, Any], base: Path | None = None) -> FitConfig
     sample = _take("sample", SampleSection, data.get("sample", {}))
     if sample.every and not sample.prompts:
         raise ConfigError("[sample] every > 0 needs at least one prompt in prompts = [...]")
-    for side in (sample.width, sample.height):
-        if side % 16:
-            raise ConfigError(f"[sample] width and height must be multiples of 16, got {sample.width}x{sample.height}")
+    try:
+        check_size(sample.width, sample.height)  # the generator's rule: any multiple of 8 px from 16 px on
+    except ValueError as exc:
+        raise ConfigError(f"[sample] {exc}") from exc
     try:
         training = TrainConfig(
             **train_kwargs,

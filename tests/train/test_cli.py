@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from hdm_core.checkpoint import save_safetensors
@@ -148,3 +149,18 @@ def test_convert_command(tmp_path, capsys):
     tensors = read_adapter(tmp_path / "out.safetensors").tensors
     assert tensors["lora_unet_backbone_enc_blocks_0_0_attn_qkv.lokr_w1"].dtype == torch.bfloat16
     assert tensors["lora_unet_backbone_enc_blocks_0_0_attn_qkv.alpha"].dtype == torch.float32
+
+
+def test_sample_sizes_follow_the_generators_rule():
+    """[sample] sizes: any multiple of 8 px from 16 px on (the model pads to its patch grid), as in generate."""
+    import tomllib
+
+    from trainer.config import ConfigError, parse_config
+
+    data = tomllib.loads((REPO / "trainer" / "example.toml").read_text())
+    data.setdefault("sample", {}).update(width=1000, height=744)
+    cfg = parse_config(data, base=REPO / "trainer")
+    assert (cfg.sample.width, cfg.sample.height) == (1000, 744)
+    data["sample"]["width"] = 1001
+    with pytest.raises(ConfigError, match=r"\[sample\] width 1001 is not a multiple of 8 .* try 1000 or 1008"):
+        parse_config(data, base=REPO / "trainer")
