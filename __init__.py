@@ -8,6 +8,8 @@ because ComfyUI's loader takes the V1 mappings first when a module has both.
 
 from .nodes import comfy_entrypoint
 
-WEB_DIRECTORY = None
+#: The frontend extension in web/ (ComfyUI reads this for V3 packs too, before comfy_entrypoint):
+#: it opens UI workflows saved with HDM Train LyCORIS's flat inputs on hosts with DynamicCombo.
+WEB_DIRECTORY = "./web"
 
 __all__ = ["comfy_entrypoint"]

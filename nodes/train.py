@@ -26,13 +26,17 @@ normal prompts:
    path (``load_torch_file`` + ``load_lora_for_models`` on a clone), a loss curve and the
    file name as LoraLoader lists it.
 
-Why the inputs stay flat (no ``DynamicCombo`` showing only the chosen algorithm's options):
-ComfyUI names the inputs of a DynamicCombo option ``algorithm.rank`` in the API prompt, and the
-frontend inserts an option's widgets right after the combo while it restores a saved node's
-``widgets_values`` by position (named restore is an opt-in user setting). Workflows saved with
-the flat inputs — UI and API — would load shifted values or fail validation, and they must keep
-running unchanged. Rarely changed options are marked *advanced* instead (v0.33), which hides
-them without moving any widget.
+The algorithm's options (``train_algorithm``): on ComfyUI with ``DynamicCombo`` and
+``accept_all_inputs`` (v0.33) ``algorithm`` is a DynamicCombo that shows only the chosen
+algorithm's options (rank/alpha for the LoRA family, + lokr_factor for lokr, a block size for
+diag-oft/boft, none for full); elsewhere (0.3.64) the inputs are the flat ones every release saved.
+Workflows saved with the flat inputs keep running on both: API prompts with flat ``rank`` …
+(literals or links) reach the node because it accepts all inputs, and win over the nested
+defaults; UI workflows, whose ``widgets_values`` the frontend restores by position while the
+DynamicCombo inserts its widgets after itself, are rewritten into the new layout on load by the
+pack's frontend extension (web/hdm_dynamic_combo.js). Rarely changed options are *advanced* (v0.33).
+The data source stays three optional inputs: a DynamicCombo there would add a widget that no saved
+workflow has a value for, shifting every value after it.
 
 Interrupt (ComfyUI's cancel): training stops after the current step, the adapter trained so
 far is saved under the run's final name, and the prompt ends as interrupted. A non-finite
@@ -64,7 +68,6 @@ import folder_paths
 from ..hdm_core.checkpoint import CheckpointError, load_xut
 from ..hdm_core.latents import LATENT_CHANNELS
 from ..hdm_core.train import (
-    ALGORITHMS,
     TARGET_PRESETS,
     AdapterConfig,
     AdapterError,
@@ -88,7 +91,8 @@ from ..hdm_core.train.optim import SCHEDULERS
 from ..hdm_core.train.plot import loss_curve_image
 from .conditioning import BRACKET_MODES, encode_prompt
 from .train_preview import PREVIEW_CFG, PREVIEW_STEPS, TrainingPreview
-from .v3 import ADVANCED, check_options, io, schema
+from .train_algorithm import algorithm_input, algorithm_settings, check_algorithm_values
+from .v3 import ADVANCED, DYNAMIC_INPUTS, check_options, io, schema
 
 log = logging.getLogger(__name__)
 
@@ -405,10 +409,7 @@ class HDMTrainLyCORIS(io.ComfyNode):
                 io.Combo.Input("crop", **ADVANCED, options=list(CROP_MODES), default="bucket", tooltip="bucket: aspect-ratio buckets in 16-px steps (each image keeps its shape). square: HDM's shifted square crop (short side = resolution, a random square along the long side). Either way the position map tells the model where the crop sits."),
                 io.Combo.Input("missing_captions", **ADVANCED, options=MISSING_CAPTIONS, default="error", tooltip="What to do with images without a caption: 'error' stops with a list of them; 'empty' trains them with an empty caption (HDM's unconditional input)."),
                 io.Combo.Input("bracket_mode", **ADVANCED, options=BRACKET_MODES, default="danbooru", tooltip="How captions are encoded, as in HDM Text Encode: danbooru keeps brackets in tags such as 'izuna (blue archive)' literal; comfy reads '(x)' as a weight. Use what you will use at inference."),
-                io.Combo.Input("algorithm", options=list(ALGORITHMS), default="lora", tooltip="The LyCORIS adapter: lora, locon (lora + the patch conv with target 'full'), loha, lokr (HDM's own fine-tune), dora (weight-decomposed lora), glora, diag-oft, boft, or full (a full weight difference). Every one loads exactly in stock Load LoRA."),
-                io.Int.Input("rank", default=16, min=1, max=1024, tooltip="lora/locon/loha/dora/glora: the rank. lokr: rank of the decomposed factor (ignored when both factors are full). diag-oft: block size. boft: butterfly block factor (the attention qkv layer needs >= 6). full: ignored."),
-                io.Float.Input("alpha", default=8.0, min=0.0, max=4096.0, step=0.5, tooltip="Scale of the LoRA family: the update is multiplied by alpha / rank (alpha = rank: scale 1). Ignored by diag-oft, boft and full."),
-                io.Int.Input("lokr_factor", **ADVANCED, default=-1, min=-1, max=1024, tooltip="lokr only: the Kronecker factor (-1 = as balanced as possible; HDM's fine-tune used 4). Smaller factors give larger adapters."),
+                *algorithm_input(),  # algorithm, rank, alpha, lokr_factor (flat) or one DynamicCombo
                 io.Combo.Input("target", options=list(TARGET_PRESETS), default="attn-mlp", tooltip="Which layers get an adapter: attn (self/cross-attention projections), attn-mlp (+ the MLPs), full (every linear layer, and the patch conv for all algorithms except plain lora)."),
                 io.String.Input("exclude", **ADVANCED, default="", tooltip="Layers to leave out: regular expressions separated by spaces, each matched against the whole module path, e.g. 'backbone\\.dec_blocks\\.1\\..* out_patch\\.proj'."),
                 io.Int.Input("steps", default=500, min=1, max=1000000, tooltip="Optimiser steps to train."),
@@ -437,11 +438,13 @@ class HDMTrainLyCORIS(io.ComfyNode):
                 io.String.Output("lora_name", display_name="lora_name", tooltip="The saved file's name in models/loras, as Load LoRA lists it."),
             ],
             hidden=[io.Hidden.unique_id],
+            **({"accept_all_inputs": True} if DYNAMIC_INPUTS else {}),  # flat rank/alpha/lokr_factor of older prompts
         )
 
     @classmethod
     def validate_inputs(cls, dataset_folder=None, save_name=None, crop=None, missing_captions=None, bracket_mode=None,
-                        algorithm=None, target=None, scheduler=None, precision=None) -> bool | str:  # fmt: skip
+                        algorithm=None, target=None, scheduler=None, precision=None, rank=None, alpha=None,
+                        lokr_factor=None) -> bool | str:  # fmt: skip
         """A bad save name, a missing dataset folder or an unknown option is refused before the graph runs (linked values arrive as None)."""
         if isinstance(save_name, str):
             try:
@@ -451,6 +454,13 @@ class HDMTrainLyCORIS(io.ComfyNode):
         folder = check_dataset_folder(dataset_folder)
         if folder is not True:
             return folder
+        values = check_algorithm_values(rank=rank, alpha=alpha, lokr_factor=lokr_factor)
+        if values is not True:
+            return f"{NODE}: {values}"
+        if isinstance(algorithm, dict):  # the DynamicCombo: its option values arrive nested (ComfyUI checks them too)
+            nested = check_algorithm_values(**{k: v for k, v in algorithm.items() if k != "algorithm"})
+            if nested is not True:
+                return f"{NODE}: {nested}"
         return check_options(
             cls, crop=crop, missing_captions=missing_captions, bracket_mode=bracket_mode, algorithm=algorithm, target=target,
             scheduler=scheduler, precision=precision,
@@ -556,10 +566,15 @@ class HDMTrainLyCORIS(io.ComfyNode):
 
     # -- run ----------------------------------------------------------------------------------
     @classmethod
-    def execute(cls, model, dataset_folder, resolution, crop, missing_captions, bracket_mode, algorithm, rank, alpha,
-              lokr_factor, target, exclude, steps, batch_size, learning_rate, scheduler, warmup_steps, tread_rate, seed,
+    def execute(cls, model, dataset_folder, resolution, crop, missing_captions, bracket_mode, algorithm, *, rank=None,
+              alpha=None, lokr_factor=None, target, exclude, steps, batch_size, learning_rate, scheduler, warmup_steps, tread_rate, seed,
               save_name, save_every, gradient_checkpointing, precision, clip=None, vae=None, images=None, captions="",
-              latent=None, conditioning=None, preview_every=0) -> io.NodeOutput:  # fmt: skip
+              latent=None, conditioning=None, preview_every=0, **_unknown) -> io.NodeOutput:  # fmt: skip
+        # (with accept_all_inputs an input this node does not know arrives too; ignored, as ComfyUI does elsewhere)
+        try:
+            algorithm, rank, alpha, lokr_factor = algorithm_settings(algorithm, rank=rank, alpha=alpha, lokr_factor=lokr_factor)
+        except ValueError as exc:
+            raise _fail(str(exc)) from exc
         hidden = getattr(cls, "hidden", None)
         unique_id = getattr(hidden, "unique_id", None) if hidden is not None else None
         device = mm.get_torch_device()

@@ -4,7 +4,8 @@ The nodes are written against ``comfy_api.latest`` (ComfyUI 0.3.64 and v0.33 bot
 and ``nodes.load_custom_node`` checks the extension against that module's ``ComfyExtension``).
 Newer schema features are used only where the running ComfyUI has them, detected here once:
 ``search_aliases`` (a ``Schema`` field in v0.33, absent in 0.3.64), the ``advanced`` input flag
-and ``DynamicCombo`` (detected for future use; see the module docstring of ``train``).
+and ``DynamicCombo`` with ``accept_all_inputs`` (per-option inputs of HDM Train LyCORIS that still
+take the flat inputs of older prompts; see the module docstring of ``train``).
 """
 
 from __future__ import annotations
@@ -15,11 +16,15 @@ from typing import Any
 
 from comfy_api.latest import ComfyExtension, io
 
-__all__ = ["ADVANCED", "ComfyExtension", "HAS_DYNAMIC_COMBO", "HAS_SEARCH_ALIASES", "io", "schema"]
+__all__ = ["ADVANCED", "ComfyExtension", "DYNAMIC_INPUTS", "HAS_DYNAMIC_COMBO", "HAS_SEARCH_ALIASES", "io", "schema"]
 
 _SCHEMA_FIELDS = {f.name for f in dataclasses.fields(io.Schema)}
 HAS_SEARCH_ALIASES = "search_aliases" in _SCHEMA_FIELDS
 HAS_DYNAMIC_COMBO = hasattr(io, "DynamicCombo")
+#: DynamicCombo *and* ``accept_all_inputs`` (v0.33): only then can a node show per-option inputs
+#: (API names ``algorithm.rank``) and still receive the flat inputs (``rank``) of prompts saved
+#: before, which ComfyUI would otherwise drop because the schema no longer declares them.
+DYNAMIC_INPUTS = HAS_DYNAMIC_COMBO and "accept_all_inputs" in _SCHEMA_FIELDS
 #: Keyword arguments that mark a widget "advanced" (drawn only when the user expands the node's
 #: advanced inputs) on hosts whose inputs have the flag (v0.33), nothing elsewhere. Hidden widgets
 #: keep their place, so saved workflows' positional ``widgets_values`` still fit.
@@ -50,6 +55,9 @@ def check_options(cls: type[io.ComfyNode], **values: Any) -> bool | str:
     by_id = {i.id: i for i in schema_.inputs}
     for name, value in values.items():
         options = getattr(by_id.get(name), "options", None)
+        if options is not None and HAS_DYNAMIC_COMBO and isinstance(by_id.get(name), io.DynamicCombo.Input):
+            options = [o.key for o in options]  # a DynamicCombo's options are its keys
+            value = value.get(name) if isinstance(value, dict) else value  # arrives nested as {name: key, ...}
         if value is None or options is None or value in options:
             continue
         shown = ", ".join(map(str, options[:20])) + (f" … ({len(options)} in all)" if len(options) > 20 else "")

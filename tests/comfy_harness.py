@@ -448,7 +448,33 @@ def combo_options(definition) -> list | None:
 
 
 def is_widget(definition) -> bool:
-    return combo_options(definition) is not None or definition[0] in ("INT", "FLOAT", "STRING", "BOOLEAN")
+    return combo_options(definition) is not None or definition[0] in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMFY_DYNAMICCOMBO_V3")
+
+
+def _expand_dynamic_combos(ordered: list, values: list) -> list:
+    """A DynamicCombo (v0.33) is a combo widget followed, as the frontend inserts them, by the
+    widgets of the option its saved value chose, named ``combo.input``."""
+    out, position = [], 0
+    for name, definition in ordered:
+        if definition[0] != "COMFY_DYNAMICCOMBO_V3":
+            out.append((name, definition))
+            position += is_widget(definition) * (2 if (definition[1] if len(definition) > 1 else {}).get("control_after_generate") else 1)
+            continue
+        options = {o["key"]: o["inputs"] for o in definition[1]["options"]}
+        chosen = values[position] if position < len(values) else None
+        out.append((name, ["COMBO", {"options": list(options)}]))
+        position += 1
+        sub = options.get(chosen, {})
+        for sub_name, sub_def in list(sub.get("required", {}).items()) + list(sub.get("optional", {}).items()):
+            out.append((f"{name}.{sub_name}", sub_def))
+            position += is_widget(sub_def)
+    return out
+
+
+def flatten_dynamic(api: dict) -> dict:
+    """An API prompt with DynamicCombo option inputs under their own names (``algorithm.rank`` ->
+    ``rank``), to compare with prompts saved in the flat layout."""
+    return {k: {**v, "inputs": {n.split(".")[-1]: x for n, x in v["inputs"].items()}} for k, v in api.items()}
 
 
 def ui_to_api(ui: dict, node_classes: dict) -> dict:
@@ -469,8 +495,14 @@ def ui_to_api(ui: dict, node_classes: dict) -> dict:
         spec = cls.INPUT_TYPES()
         optional = set(spec.get("optional", {}))
         ordered = list(spec.get("required", {}).items()) + list(spec.get("optional", {}).items())
+        saved_values = list(node.get("widgets_values", []))
+        if any(d[0] == "COMFY_DYNAMICCOMBO_V3" for _, d in ordered) and node["type"] == "HDMTrainLyCORIS":
+            # what the pack's frontend extension (web/hdm_dynamic_combo.js) does to a flat layout on load
+            pack = importlib.import_module(cls.__module__.rsplit(".", 1)[0] + ".train_algorithm")
+            saved_values = pack.dynamic_layout(saved_values)
+        ordered = _expand_dynamic_combos(ordered, saved_values)
         linked = {inp["name"]: links[inp["link"]] for inp in node.get("inputs", []) if inp.get("link") is not None}
-        values = list(node.get("widgets_values", []))
+        values = saved_values
         inputs: dict[str, Any] = {}
         for name, definition in ordered:
             opts = definition[1] if len(definition) > 1 else {}

@@ -44,7 +44,13 @@ def write_workflow_models(cui, name: str) -> None:
 
 def input_spec(cls) -> dict:
     spec = cls.INPUT_TYPES()
-    return {**spec.get("required", {}), **spec.get("optional", {})}
+    out = {**spec.get("required", {}), **spec.get("optional", {})}
+    for name, d in list(out.items()):
+        if d[0] == "COMFY_DYNAMICCOMBO_V3":  # a combo of its keys; its options' inputs under their own names
+            out[name] = ["COMBO", {"options": [o["key"] for o in d[1]["options"]]}]
+            for o in d[1]["options"]:
+                out.update({**o["inputs"].get("required", {}), **o["inputs"].get("optional", {})})
+    return out
 
 
 is_widget = H.is_widget
@@ -168,7 +174,10 @@ def test_ui_workflow_has_no_missing_nodes_and_matches_its_api_twin(cui, name):
                 assert input_name in connected, f"{where}: required input {input_name} is not connected"
     # The API twin is the same graph with the same values, and every widget value is valid.
     api = H.load_api_workflow(name)
-    converted = H.ui_to_api(ui, classes)
+    converted = H.flatten_dynamic(H.ui_to_api(ui, classes))
+    for node_id, node in api.items():  # with a DynamicCombo, only the chosen algorithm's options are queued
+        if any(d[0] == "COMFY_DYNAMICCOMBO_V3" for d in classes[node["class_type"]].INPUT_TYPES()["required"].values()):
+            node["inputs"] = {k: v for k, v in node["inputs"].items() if k in converted[node_id]["inputs"] or k not in ("rank", "alpha", "lokr_factor")}
     for node_id, node in converted.items():  # optional inputs added later (last) keep their defaults in both
         optional = classes[node["class_type"]].INPUT_TYPES().get("optional", {})
         for input_name in [k for k in node["inputs"] if k not in api[node_id]["inputs"] and k in optional]:
@@ -239,6 +248,8 @@ def test_rarely_changed_options_are_advanced_where_the_host_has_the_flag(cui):
     ):
         spec = input_spec(cui.nodes.NODE_CLASS_MAPPINGS[node_id])
         flagged = {name for name, definition in spec.items() if len(definition) > 1 and definition[1].get("advanced")}
+        if cui.nodes.NODE_CLASS_MAPPINGS[node_id].INPUT_TYPES()["required"].get("algorithm", [None])[0] == "COMFY_DYNAMICCOMBO_V3":
+            advanced = advanced - {"lokr_factor"}  # shown only for lokr, where it matters
         if supported:
             assert advanced <= flagged and not basic & flagged, (node_id, flagged)
         else:

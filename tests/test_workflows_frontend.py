@@ -26,6 +26,27 @@ finally:
 
 NAMES = sorted(p.stem for p in F.WORKFLOWS.glob("*.json"))
 VIEWPORT = (1600, 900)
+LEGACY = Path(__file__).resolve().parent / "fixtures" / "legacy_workflows"
+LEGACY_NAMES = sorted(p.stem for p in LEGACY.glob("*.json") if p.stem != "reference_outputs")
+#: HDM Train LyCORIS's widgets in the flat layout (nodes/train_algorithm.py LEGACY_WIDGETS; the
+#: test there checks this copy, the pack's and web/hdm_dynamic_combo.js's agree).
+TRAIN_LEGACY_WIDGETS = (
+    "dataset_folder", "resolution", "crop", "missing_captions", "bracket_mode", "algorithm", "rank", "alpha",
+    "lokr_factor", "target", "exclude", "steps", "batch_size", "learning_rate", "scheduler", "warmup_steps",
+    "tread_rate", "seed", "control_after_generate", "save_name", "save_every", "gradient_checkpointing",
+    "precision", "captions", "preview_every",
+)  # fmt: skip
+
+
+def host_has_dynamic_combo(comfyui_path: Path) -> bool:
+    """Whether this ComfyUI gives HDM Train LyCORIS its DynamicCombo (nodes/v3.py DYNAMIC_INPUTS)."""
+    source = (comfyui_path / "comfy_api" / "latest" / "_io.py").read_text()
+    return "class DynamicCombo" in source and "accept_all_inputs" in source
+
+
+def train_widgets_by_legacy_name(drawn_node: dict) -> dict:
+    """The drawn HDM Train LyCORIS's widget values under their flat names ("algorithm.rank" -> "rank")."""
+    return {w["name"].removeprefix("algorithm."): w["value"] for w in drawn_node["widgets"]}
 
 
 def squeezed_train_workflow(tmp: Path) -> Path:
@@ -62,12 +83,19 @@ def drawn(comfyui_path, tmp_path_factory):
                 pytest.skip("this ComfyUI's server cannot start with the installed comfyui_workflow_templates (install the version its requirements.txt pins)")
             raise
         templates = template_browser(srv.url)
+        import urllib.request
+
+        with urllib.request.urlopen(srv.url + "/object_info", timeout=60) as r:
+            object_info = json.loads(r.read())
         files = {n: F.WORKFLOWS / f"{n}.json" for n in NAMES}
         files["squeezed_train"] = squeezed_train_workflow(tmp_path_factory.mktemp("frontend"))
+        files.update({f"legacy/{n}": LEGACY / f"{n}.json" for n in LEGACY_NAMES})
         report = F.draw(srv.url, files, tools, viewport=VIEWPORT)
     finally:
         srv.stop()
     report["templates"] = templates
+    report["dynamic"] = host_has_dynamic_combo(comfyui_path)
+    report["object_info"] = object_info
     assert not report["page_errors"], report["page_errors"]
     assert report["title_height"] > 0
     return report
@@ -123,7 +151,67 @@ def test_frontend_knows_every_node_and_keeps_every_widget_value(drawn, name):
     for n in drawn["workflows"][name]["nodes"]:
         assert n["registered"], f"{name}: the frontend has no node type {n['type']}"
         values = by_id[n["id"]].get("widgets_values", [])
+        if n["type"] == "HDMTrainLyCORIS" and drawn["dynamic"]:  # saved flat, shown and saved again in the DynamicCombo layout
+            assert_train_widgets_are_the_saved_values(n, values, f"{name}: node {n['id']}")
+            continue
         assert n["widgets_values"][: len(values)] == values, f"{name}: node {n['id']} ({n['title']})"
+
+
+def assert_train_widgets_are_the_saved_values(drawn_node: dict, values: list, where: str) -> None:
+    """Every widget of HDM Train LyCORIS shows the value saved under its flat name; with the
+    DynamicCombo, exactly the chosen algorithm's options are there (web/hdm_dynamic_combo.js)."""
+    saved_values = dict(zip(TRAIN_LEGACY_WIDGETS, values))
+    shown = train_widgets_by_legacy_name(drawn_node)
+    names = [w["name"] for w in drawn_node["widgets"]]
+    if "algorithm.rank" in names or "rank" not in names:  # the DynamicCombo layout
+        own = {"lora": 2, "locon": 2, "loha": 2, "dora": 2, "glora": 2, "lokr": 3, "diag-oft": 1, "boft": 1, "full": 0}[saved_values["algorithm"]]
+        assert [n for n in names if n.startswith("algorithm.")] == [f"algorithm.{k}" for k in ("rank", "alpha", "lokr_factor")[:own]], (where, names)
+    for name, value in shown.items():
+        if name in saved_values:
+            assert value == pytest.approx(saved_values[name]) if isinstance(value, float) else value == saved_values[name], (where, name, value, saved_values[name])
+        else:
+            assert name == "preview_every" and value == 0, (where, name, value)  # added since, at its default
+    missing = set(saved_values) - set(shown) - {"rank", "alpha", "lokr_factor"}
+    assert not missing, (where, missing)
+
+
+@pytest.mark.parametrize("name", LEGACY_NAMES)
+def test_legacy_ui_workflows_show_their_saved_values(drawn, name):
+    """The UI workflows of the V1 release, loaded in the real frontend: every node shows the saved
+    value in every widget, by name (HDM Train LyCORIS on a DynamicCombo host included)."""
+    ui = json.loads((LEGACY / f"{name}.json").read_text())
+    by_id = {n["id"]: n for n in ui["nodes"]}
+    for n in drawn["workflows"][f"legacy/{name}"]["nodes"]:
+        assert n["registered"], n["type"]
+        values = by_id[n["id"]].get("widgets_values", [])
+        if n["type"] == "HDMTrainLyCORIS":
+            assert_train_widgets_are_the_saved_values(n, values, f"{name}: node {n['id']}")
+        else:
+            assert n["widgets_values"][: len(values)] == values, f"{name}: node {n['id']} ({n['title']})"
+
+
+@pytest.mark.parametrize("name", LEGACY_NAMES)
+def test_legacy_ui_workflows_queue_the_inputs_of_their_api_twins(drawn, name):
+    """What the frontend queues for a legacy UI workflow (app.graphToPrompt) is its API twin: the
+    same values, HDM Train LyCORIS's algorithm options under the DynamicCombo's names
+    ("algorithm.rank") where the host has it; inputs added since at their defaults.
+    tests/test_comfy_legacy_workflows.py runs both forms."""
+    api = json.loads((LEGACY / "api" / f"{name}.json").read_text())
+    queued = drawn["workflows"][f"legacy/{name}"]["prompt"]
+    assert set(queued) == set(api)
+    for node_id, node in api.items():
+        got = {k.removeprefix("algorithm.") if node["class_type"] == "HDMTrainLyCORIS" else k: v for k, v in queued[node_id]["inputs"].items()}
+        want = dict(node["inputs"])
+        if node["class_type"] == "HDMTrainLyCORIS" and drawn["dynamic"]:
+            assert any(k.startswith("algorithm.") for k in queued[node_id]["inputs"]) or want["algorithm"] == "full"
+            own = {"lora": 2, "locon": 2, "loha": 2, "dora": 2, "glora": 2, "lokr": 3, "diag-oft": 1, "boft": 1, "full": 0}[want["algorithm"]]
+            for dropped in ("rank", "alpha", "lokr_factor")[own:]:
+                want.pop(dropped)
+        optional = drawn["object_info"][node["class_type"]]["input"].get("optional", {})
+        for added in set(got) - set(want):  # inputs added since: optional, at their defaults
+            assert added in optional and got[added] == optional[added][1].get("default"), (name, node_id, added)
+            want[added] = got[added]
+        assert got == want, (name, node_id)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -7,7 +7,8 @@
 //                "workflows": {"name": "/path/name.json", ...}, "screenshots": "/dir" | null,
 //                "viewport": [1600, 900]}
 // Prints one JSON object on stdout: {"frontend": version, "title_height": px, "viewport": [w, h],
-//   "workflows": {name: {"nodes": [{id, type, title, pos, size, min_size, bounding}], "fit_scale": s}}}.
+//   "workflows": {name: {"nodes": [{id, type, title, pos, size, min_size, bounding, widgets_values,
+//   widgets: [{name, value}]}], "fit_scale": s, "prompt": app.graphToPrompt()'s API prompt}}}.
 // "bounding" is [x, y, w, h] with the title bar included (LiteGraph's boundingRect after a draw).
 import { readFileSync } from "node:fs";
 import { createRequire } from "node:module";
@@ -79,6 +80,8 @@ try {
           // width of the title text: the frontend shortens a title that does not fit with "..."
           registered: !!window.LiteGraph.registered_node_types[n.type],
           widgets_values: (n.serialize().widgets_values || []).map((v) => (v === undefined ? null : v)),
+          // every widget by name, as the node shows it (DynamicCombo options are named "combo.option")
+          widgets: (n.widgets || []).map((w) => ({ name: w.name, value: w.value === undefined ? null : w.value })),
           title_width: (() => { ctx.font = n.titleFontStyle || ctx.font; return ctx.measureText(n.getTitle ? n.getTitle() || "" : n.title || "").width; })(),
         };
       });
@@ -113,6 +116,8 @@ try {
       });
       return { nodes, groups, bounds, fit_scale: canvas.ds.scale, low_quality: !!canvas.low_quality };
     });
+    // the API prompt the frontend would queue for this graph
+    result.prompt = await page.evaluate(async () => (await window.app.graphToPrompt()).output);
     if (request.screenshots) {
       // image previews (Load Image) are DOM elements that settle a moment after the load
       await page.waitForTimeout(1500);

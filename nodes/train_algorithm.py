@@ -1,0 +1,147 @@
+"""HDM Train LyCORIS's adapter inputs: ``algorithm`` and the options that belong to it.
+
+Two layouts of the same inputs, chosen by the host (``v3.DYNAMIC_INPUTS``):
+
+* **flat** (ComfyUI without DynamicCombo, e.g. 0.3.64): ``algorithm``, ``rank``, ``alpha``,
+  ``lokr_factor`` as separate widgets, exactly as every release so far saved them.
+* **dynamic** (v0.33): ``algorithm`` is a DynamicCombo whose options carry only their own
+  inputs (``rank``/``alpha`` for the LoRA family, + ``lokr_factor`` for lokr, a block size for
+  diag-oft/boft, nothing for full). ComfyUI names them ``algorithm.rank`` … in API prompts and
+  passes them nested (``algorithm={"algorithm": "lokr", "rank": 8, …}``). They are optional with
+  the flat defaults, and the node accepts all inputs, so a prompt saved with the flat names
+  (``"rank": 8``, a literal or a link) still validates and trains with *its* values.
+
+``LEGACY_WIDGETS`` is the flat layout's widget order. The frontend restores saved
+``widgets_values`` by position and inserts a DynamicCombo's option widgets right after it, so
+``web/hdm_dynamic_combo.js`` rewrites values saved in the flat layout into the dynamic one
+(``dynamic_layout`` here is the same rule, for the tests) before the frontend restores them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..hdm_core.train import ALGORITHMS
+from .v3 import ADVANCED, DYNAMIC_INPUTS, io
+
+__all__ = ["ALGORITHM_INPUTS", "DEFAULTS", "LEGACY_WIDGETS", "dynamic_layout", "algorithm_input", "algorithm_settings", "check_algorithm_values"]
+
+#: The inputs each algorithm uses (flat names); the dynamic layout shows only these.
+ALGORITHM_INPUTS: dict[str, tuple[str, ...]] = {
+    "lora": ("rank", "alpha"),
+    "locon": ("rank", "alpha"),
+    "loha": ("rank", "alpha"),
+    "lokr": ("rank", "alpha", "lokr_factor"),
+    "dora": ("rank", "alpha"),
+    "glora": ("rank", "alpha"),
+    "diag-oft": ("rank",),
+    "boft": ("rank",),
+    "full": (),
+}
+assert set(ALGORITHM_INPUTS) == set(ALGORITHMS), "every algorithm needs its list of inputs"
+
+#: HDM Train LyCORIS's widget values in the flat layout, as every release so far saved them
+#: (``control_after_generate`` is the seed's control widget). Mirrored in web/hdm_dynamic_combo.js.
+LEGACY_WIDGETS: tuple[str, ...] = (
+    "dataset_folder", "resolution", "crop", "missing_captions", "bracket_mode", "algorithm", "rank", "alpha",
+    "lokr_factor", "target", "exclude", "steps", "batch_size", "learning_rate", "scheduler", "warmup_steps",
+    "tread_rate", "seed", "control_after_generate", "save_name", "save_every", "gradient_checkpointing",
+    "precision", "captions", "preview_every",
+)  # fmt: skip
+_ALGO = LEGACY_WIDGETS.index("algorithm")
+_FLAT = ("rank", "alpha", "lokr_factor")
+
+DEFAULTS: dict[str, Any] = {"rank": 16, "alpha": 8.0, "lokr_factor": -1}
+_RANGES: dict[str, tuple[float, float]] = {"rank": (1, 1024), "alpha": (0.0, 4096.0), "lokr_factor": (-1, 1024)}
+#: What ``rank`` means per algorithm (its label in the dynamic layout, and its tooltip).
+_RANK_MEANING = {
+    "lokr": ("rank", "Rank of the decomposed Kronecker factor (ignored when both factors are full)."),
+    "diag-oft": ("block_size", "Block size of the orthogonal blocks (stored as the adapter's rank)."),
+    "boft": ("block_factor", "Butterfly block factor (stored as the adapter's rank; the attention qkv layer needs >= 6)."),
+}
+_RANK_TOOLTIP = ("lora/locon/loha/dora/glora: the rank. lokr: rank of the decomposed factor (ignored when both factors are "
+                 "full). diag-oft: block size. boft: butterfly block factor (the attention qkv layer needs >= 6). full: ignored.")  # fmt: skip
+_ALGORITHM_TOOLTIP = ("The LyCORIS adapter: lora, locon (lora + the patch conv with target 'full'), loha, lokr (HDM's own "
+                      "fine-tune), dora (weight-decomposed lora), glora, diag-oft, boft, or full (a full weight difference). "
+                      "Every one loads exactly in stock Load LoRA.")  # fmt: skip
+
+
+def _input(name: str, algorithm: str | None, nested: bool) -> io.Input:
+    """One of the algorithm's inputs; nested ones are optional so flat prompts still validate."""
+    extra: dict[str, Any] = {"optional": True} if nested else {}
+    if name == "rank":
+        label, tip = _RANK_MEANING.get(algorithm or "", ("rank", "The rank of the low-rank update."))
+        if nested and label != "rank":
+            extra["display_name"] = label
+        return io.Int.Input("rank", default=16, min=1, max=1024, tooltip=tip if nested else _RANK_TOOLTIP, **extra)
+    if name == "alpha":
+        return io.Float.Input("alpha", default=8.0, min=0.0, max=4096.0, step=0.5, tooltip="Scale of the LoRA family: the update is multiplied by alpha / rank (alpha = rank: scale 1). Ignored by diag-oft, boft and full.", **extra)  # fmt: skip
+    if name == "lokr_factor":
+        return io.Int.Input("lokr_factor", **({} if nested else ADVANCED), default=-1, min=-1, max=1024, tooltip="lokr only: the Kronecker factor (-1 = as balanced as possible; HDM's fine-tune used 4). Smaller factors give larger adapters.", **extra)  # fmt: skip
+    raise KeyError(name)
+
+
+def algorithm_input() -> list[io.Input]:
+    """The ``algorithm`` input(s) in this host's layout, in the flat widget order."""
+    if not DYNAMIC_INPUTS:
+        return [io.Combo.Input("algorithm", options=list(ALGORITHMS), default="lora", tooltip=_ALGORITHM_TOOLTIP)] + [
+            _input(name, None, nested=False) for name in ("rank", "alpha", "lokr_factor")
+        ]
+    options = [io.DynamicCombo.Option(key, [_input(n, key, nested=True) for n in ALGORITHM_INPUTS[key]]) for key in ALGORITHMS]
+    return [io.DynamicCombo.Input("algorithm", options=options, tooltip=_ALGORITHM_TOOLTIP + " Shows only the chosen one's options.")]
+
+
+def algorithm_settings(algorithm: Any, **flat: Any) -> tuple[str, int, float, int]:
+    """``(algorithm, rank, alpha, lokr_factor)`` from either layout.
+
+    ``algorithm`` is a name (flat layout) or the DynamicCombo's nested dict; ``flat`` holds the
+    flat-named values a prompt gave (older prompts). A flat value wins over a nested one (a
+    prompt has one or the other), and an input the prompt lacks takes its default.
+    """
+    nested: dict[str, Any] = {}
+    if isinstance(algorithm, dict):
+        nested, algorithm = algorithm, algorithm.get("algorithm")
+    if not isinstance(algorithm, str) or algorithm not in ALGORITHM_INPUTS:
+        raise ValueError(f"algorithm {algorithm!r} is not one of the options ({', '.join(ALGORITHMS)})")
+    values = {}
+    for name, default in DEFAULTS.items():
+        value = flat.get(name)
+        values[name] = value if value is not None else nested.get(name) if nested.get(name) is not None else default
+    message = check_algorithm_values(**values)
+    if message is not True:
+        raise ValueError(message)
+    return algorithm, int(values["rank"]), float(values["alpha"]), int(values["lokr_factor"])
+
+
+def check_algorithm_values(**values: Any) -> bool | str:
+    """``True``, or a message naming the first of rank/alpha/lokr_factor outside its range (``None`` = linked, skipped).
+
+    ComfyUI checks the range of declared inputs only; flat values of older prompts reach the
+    node undeclared on hosts with the dynamic layout, and ``validate_inputs`` taking them by name
+    switches ComfyUI's own check off on the others.
+    """
+    for name, value in values.items():
+        if isinstance(value, dict) or value is None or name not in _RANGES:
+            continue
+        low, high = _RANGES[name]
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return f"{name} {value!r} is not a number"
+        if not low <= number <= high or (name != "alpha" and number != int(number)):
+            kind = "a number" if name == "alpha" else "a whole number"
+            return f"{name} {value!r} must be {kind} from {low:g} to {high:g}"
+    return True
+
+
+def dynamic_layout(values: list[Any]) -> list[Any]:
+    """Saved ``widgets_values`` of the flat layout in the dynamic layout's order (the rule of
+    web/hdm_dynamic_combo.js): the algorithm, then only its own options, then the rest. Values
+    already in the dynamic layout (and lokr's, the same in both) come back unchanged."""
+    own = ALGORITHM_INPUTS.get(values[_ALGO]) if len(values) > _ALGO + 4 else None
+    flat = own is not None and len(values) <= len(LEGACY_WIDGETS) and len(own) < len(_FLAT)
+    flat = flat and all(isinstance(values[_ALGO + 1 + i], (int, float)) for i in range(3)) and isinstance(values[_ALGO + 4], str)
+    if not flat:
+        return list(values)
+    by_name = dict(zip(LEGACY_WIDGETS, values))
+    return [*values[: _ALGO + 1], *(by_name[n] for n in own), *values[_ALGO + 1 + len(_FLAT) :]]
