@@ -12,7 +12,7 @@ import { app } from "../../scripts/app.js";
 
 const NODE = "HDMTrainLyCORIS";
 // Widget values of the flat layout, in the order every release so far saved them
-// (nodes/train_algorithm.py LEGACY_WIDGETS; tests/test_dynamic_combo.py checks the two agree).
+// (nodes/train_algorithm.py LEGACY_WIDGETS; tests/test_comfy_dynamic_combo.py checks the two agree).
 export const LEGACY_WIDGETS = [
   "dataset_folder", "resolution", "crop", "missing_captions", "bracket_mode", "algorithm", "rank", "alpha",
   "lokr_factor", "target", "exclude", "steps", "batch_size", "learning_rate", "scheduler", "warmup_steps",
