@@ -65,7 +65,7 @@ import comfy.sd
 import comfy.utils
 import folder_paths
 
-from ..hdm_core.checkpoint import CheckpointError, load_xut
+from ..hdm_core.checkpoint import CheckpointError, check_weight_file, load_xut
 from ..hdm_core.latents import LATENT_CHANNELS
 from ..hdm_core.train import (
     TARGET_PRESETS,
@@ -211,6 +211,7 @@ def lora_list_name(root: Path, path: Path) -> str:
 
 def apply_lora(model, path: Path):
     """``model`` + the adapter file, through ComfyUI's LoRA loader path (as LoraLoaderModelOnly does)."""
+    check_weight_file(path)  # HDM's one format probe, as every reader of the pack
     lora, metadata = comfy.utils.load_torch_file(str(path), safe_load=True, return_metadata=True)
     kwargs = {}
     if "lora_metadata" in inspect.signature(comfy.sd.load_lora_for_models).parameters:
