@@ -607,3 +607,28 @@ def txt2img_prompt(text: str = "1girl, izuna (blue archive), smile", negative: s
         "cfg": cfg, "sampler_name": sampler_name, "scheduler": scheduler, "denoise": 1.0}}
     p["8"] = {"class_type": "HDMVAEDecode", "inputs": {"samples": ["7", 0], "vae": ["1", 2], "tiled": False, "tile_size": 1024, "overlap": 128}}
     return p
+
+
+# ----------------------------------------------------------------------------- validation
+def validation_errors(cui: "Comfy", prompt: dict) -> list[str]:
+    """The details of every node error ComfyUI reports when the prompt is queued (the image is the output)."""
+    prompt = dict(prompt, out={"class_type": "HDMTestCapture", "inputs": {"value": ["8", 0], "name": "image"}})
+    ok, error, _, node_errors = asyncio.run(cui.execution.validate_prompt("v3", prompt, None))
+    assert ok or node_errors, error
+    return [] if ok else [e["details"] for err in node_errors.values() for e in err["errors"]]
+
+
+def train_prompt(**inputs) -> dict:
+    """txt2img whose MODEL first goes through HDM Train LyCORIS (one fast step on the v3_dataset folder)."""
+    prompt = txt2img_prompt()
+    base = {
+        "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "dataset_folder": "v3_dataset", "resolution": 64, "crop": "bucket",
+        "missing_captions": "error", "bracket_mode": "danbooru", "algorithm": "lora", "rank": 4, "alpha": 4.0, "lokr_factor": -1,
+        "target": "attn-mlp", "exclude": "", "steps": 1, "batch_size": 1, "learning_rate": 1e-3, "scheduler": "constant",
+        "warmup_steps": 0, "tread_rate": 0.5, "seed": 0, "save_name": "v3_check", "save_every": 0,
+        "gradient_checkpointing": False, "precision": "auto",
+    }  # fmt: skip
+    base.update(inputs)
+    prompt["9"] = {"class_type": "HDMTrainLyCORIS", "inputs": base}
+    prompt["7"]["inputs"]["model"] = ["9", 0]
+    return prompt

@@ -117,6 +117,15 @@ def cui(comfyui_path):
     return sys.modules["hdm_comfy_harness"].get_comfy(comfyui_path)
 
 
+@pytest.fixture
+def v3_dataset(cui):
+    """The two-image folder ``train_prompt`` names, in ComfyUI's input folder (the node checks it exists)."""
+    folder = cui.root / "input" / "v3_dataset"
+    if not folder.exists():
+        sys.modules["standins"].write_image_folder(folder, [(64, 64)] * 2, seed=4)
+    return folder
+
+
 def pytest_report_header(config) -> list[str]:
     comfy = find_comfyui()
     lines = [f"hdm_core from: {Path(sys.modules['hdm_core'].__file__).parent}"]

@@ -7,7 +7,6 @@ frontend) is tested in tests/test_workflows_frontend.py.
 
 from __future__ import annotations
 
-import asyncio
 import re
 from pathlib import Path
 
@@ -15,42 +14,9 @@ import pytest
 from safetensors import safe_open
 
 import hdm_comfy_harness as H  # registered by tests/conftest.py
-import standins as SI  # registered by tests/conftest.py
 
 REPO = Path(__file__).resolve().parents[1]
 FLAT = ("rank", "alpha", "lokr_factor")
-
-
-# (as in tests/test_comfy_v3.py)
-def validation_errors(cui, prompt: dict) -> list[str]:
-    """The details of every node error ComfyUI reports when the prompt is queued (the image is the output)."""
-    prompt = dict(prompt, out={"class_type": "HDMTestCapture", "inputs": {"value": ["8", 0], "name": "image"}})
-    ok, error, _, node_errors = asyncio.run(cui.execution.validate_prompt("v3", prompt, None))
-    assert ok or node_errors, error
-    return [] if ok else [e["details"] for err in node_errors.values() for e in err["errors"]]
-
-
-def train_prompt(**inputs) -> dict:
-    prompt = H.txt2img_prompt()
-    base = {
-        "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "dataset_folder": "v3_dataset", "resolution": 64, "crop": "bucket",
-        "missing_captions": "error", "bracket_mode": "danbooru", "algorithm": "lora", "rank": 4, "alpha": 4.0, "lokr_factor": -1,
-        "target": "attn-mlp", "exclude": "", "steps": 1, "batch_size": 1, "learning_rate": 1e-3, "scheduler": "constant",
-        "warmup_steps": 0, "tread_rate": 0.5, "seed": 0, "save_name": "v3_check", "save_every": 0,
-        "gradient_checkpointing": False, "precision": "auto",
-    }  # fmt: skip
-    base.update(inputs)
-    prompt["9"] = {"class_type": "HDMTrainLyCORIS", "inputs": base}
-    prompt["7"]["inputs"]["model"] = ["9", 0]
-    return prompt
-
-
-@pytest.fixture
-def dataset(cui):
-    folder = cui.root / "input" / "v3_dataset"
-    if not folder.exists():
-        SI.write_image_folder(folder, [(64, 64)] * 2, seed=4)
-    return folder
 
 
 def ta(cui):
@@ -129,19 +95,19 @@ def nested(inputs: dict) -> dict:
     return {f"algorithm.{k}" if k in FLAT else k: v for k, v in inputs.items()}
 
 
-def test_a_flat_prompt_trains_with_its_own_values_a_literal_or_a_link(cui, dataset):
+def test_a_flat_prompt_trains_with_its_own_values_a_literal_or_a_link(cui, v3_dataset):
     """lokr with rank 2, alpha 1, factor 4 (not the defaults): the flat literals, the same values
     as the DynamicCombo's names, and rank through a link all save the same adapter."""
-    flat = train_prompt(algorithm="lokr", rank=2, alpha=1.0, lokr_factor=4, target="attn", save_name="dyn_flat")
+    flat = H.train_prompt(algorithm="lokr", rank=2, alpha=1.0, lokr_factor=4, target="attn", save_name="dyn_flat")
     tensors, meta = adapter(cui, flat)
     assert meta["ss_network_dim"] == "2" and float(meta["ss_network_alpha"]) == 1.0
-    default, _ = adapter(cui, train_prompt(algorithm="lokr", target="attn", save_name="dyn_default"))
+    default, _ = adapter(cui, H.train_prompt(algorithm="lokr", target="attn", save_name="dyn_default"))
     assert not same(tensors, default)
-    linked = train_prompt(algorithm="lokr", rank=["20", 0], alpha=1.0, lokr_factor=4, target="attn", save_name="dyn_link")
+    linked = H.train_prompt(algorithm="lokr", rank=["20", 0], alpha=1.0, lokr_factor=4, target="attn", save_name="dyn_link")
     linked["20"] = {"class_type": "PrimitiveInt", "inputs": {"value": 2}}
     assert same(adapter(cui, linked)[0], tensors)
     if dynamic(cui):
-        prompt = train_prompt(algorithm="lokr", target="attn", save_name="dyn_nested")
+        prompt = H.train_prompt(algorithm="lokr", target="attn", save_name="dyn_nested")
         prompt["9"]["inputs"] = nested(prompt["9"]["inputs"] | {"rank": 2, "alpha": 1.0, "lokr_factor": 4})
         assert same(adapter(cui, prompt)[0], tensors)
 
@@ -155,16 +121,16 @@ def test_a_flat_prompt_trains_with_its_own_values_a_literal_or_a_link(cui, datas
         ({"algorithm": "ia3"}, "algorithm 'ia3' is not one of the options"),
     ],
 )
-def test_bad_flat_values_are_refused_when_queued_on_every_host(cui, dataset, inputs, message):
-    errors = validation_errors(cui, train_prompt(**inputs))
+def test_bad_flat_values_are_refused_when_queued_on_every_host(cui, v3_dataset, inputs, message):
+    errors = H.validation_errors(cui, H.train_prompt(**inputs))
     assert errors and all(message in e and "HDM Train LyCORIS" in e for e in errors), errors
 
 
-def test_bad_nested_value_is_refused_when_queued(cui, dataset):
+def test_bad_nested_value_is_refused_when_queued(cui, v3_dataset):
     if not dynamic(cui):
         pytest.skip("this ComfyUI has no DynamicCombo")
-    prompt = train_prompt()
+    prompt = H.train_prompt()
     prompt["9"]["inputs"] = nested(prompt["9"]["inputs"] | {"rank": 0})
-    errors = validation_errors(cui, prompt)
+    errors = H.validation_errors(cui, prompt)
     assert errors and any("rank" in e for e in errors), errors
 
