@@ -56,6 +56,7 @@ def _load_helper(name: str, path: Path):
 # imported before them (standins: tiny models and stand-in encoders of the training tests).
 _load_helper("hdm_comfy_harness", Path(__file__).with_name("comfy_harness.py"))
 _load_helper("standins", Path(__file__).parent / "train" / "standins.py")
+_load_helper("frontend_server", Path(__file__).parent / "frontend" / "frontend_server.py")  # a real ComfyUI server
 _load_helper("probe_files", Path(__file__).with_name("probe_files.py"))  # safetensors files with a chosen first byte
 
 

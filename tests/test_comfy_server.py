@@ -10,53 +10,29 @@ and that the same server then still renders an image.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
 import uuid
-from pathlib import Path
 
 import pytest
 
 import hdm_comfy_harness as H  # registered by tests/conftest.py
-
-PACK_DIR_NAME = "hdm-nodes"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from frontend_server import PACK_DIR_NAME, FrontendServer, cannot_serve  # registered by tests/conftest.py
 
 
-class Server:
-    def __init__(self, comfyui: Path) -> None:
-        self.base = Path(tempfile.mkdtemp(prefix="hdm-comfy-server-"))
+class Server(FrontendServer):
+    """The frontend's server, with the harness's tiny HDM files instead of placeholders, driven over HTTP."""
+
+    EXTRA_ARGS = ("--preview-method", "latent2rgb")
+
+    def populate(self) -> None:
         models = self.base / "models"
-        (self.base / "custom_nodes").mkdir(parents=True)
-        os.symlink(H.REPO, self.base / "custom_nodes" / PACK_DIR_NAME)
         ckpt = {"unet.model." + k: v for k, v in H.tiny_xut_state_dict(0).items()}
-        narrow = "decoder_ddconfig" in (comfyui / "comfy" / "sd.py").read_text()
+        narrow = "decoder_ddconfig" in (self.comfyui / "comfy" / "sd.py").read_text()
         ckpt.update(H.random_vae_state_dict(0, decoder_width=4 if narrow else 1))
         H.save(ckpt, models / "checkpoints" / H.CKPT_NAME)
         H.save(H.tiny_qwen3_state_dict(0), models / "text_encoders" / H.TE_NAME)
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(self.base / "server.log", "w")
-        env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", PYTHONUNBUFFERED="1")
-        env.pop("PYTHONPATH", None)
-        self.proc = subprocess.Popen(
-            [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-             "--base-directory", str(self.base), "--database-url", "sqlite:///:memory:",
-             "--disable-auto-launch", "--disable-api-nodes", "--preview-method", "latent2rgb"],
-            cwd=str(comfyui), stdout=self.log, stderr=subprocess.STDOUT, env=env,
-        )
 
     def get(self, path: str):
         with urllib.request.urlopen(self.url + path, timeout=30) as r:
@@ -69,18 +45,6 @@ class Server:
                 return r.status, json.loads(r.read())
         except urllib.error.HTTPError as e:
             return e.code, json.loads(e.read())
-
-    def wait_ready(self, timeout: float = 300) -> None:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"ComfyUI exited ({self.proc.returncode}):\n{self.logtext()}")
-            try:
-                self.get("/system_stats")
-                return
-            except (urllib.error.URLError, ConnectionError, OSError):
-                time.sleep(1)
-        raise TimeoutError(f"ComfyUI did not start in {timeout}s:\n{self.logtext()}")
 
     def run(self, prompt: dict, timeout: float = 180) -> dict:
         status, body = self.post("/prompt", {"prompt": prompt, "client_id": str(uuid.uuid4())})
@@ -96,21 +60,6 @@ class Server:
             time.sleep(0.5)
         raise TimeoutError(f"prompt {prompt_id} did not finish:\n{self.logtext()}")
 
-    def logtext(self) -> str:
-        self.log.flush()
-        return (self.base / "server.log").read_text()[-4000:]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-        shutil.rmtree(self.base, ignore_errors=True)
-
 
 @pytest.fixture(scope="module")
 def server(comfyui_path):
@@ -122,10 +71,8 @@ def server(comfyui_path):
         try:
             srv.wait_ready()
         except RuntimeError as exc:
-            if "comfyui_workflow_templates" in str(exc) and "does not exist" in str(exc):
-                # ComfyUI 0.3.x's server against the newer split template packages that v0.33's
-                # requirements install: the server cannot start at all, whatever the pack.
-                pytest.skip("this ComfyUI's server cannot start with the installed comfyui_workflow_templates (install the version its requirements.txt pins)")
+            if cannot_serve(exc):
+                pytest.skip(cannot_serve(exc))
             raise
         yield srv
     finally:

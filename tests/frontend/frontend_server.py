@@ -45,19 +45,20 @@ def _free_port() -> int:
 
 
 class FrontendServer:
+    """``main.py --cpu`` on a free local port in a temporary base directory (this pack linked in).
+
+    ``populate`` fills the base directory before the start (here: placeholder model files);
+    subclasses that run prompts write real models there instead.
+    """
+
+    EXTRA_ARGS: tuple[str, ...] = ()
+
     def __init__(self, comfyui: Path) -> None:
         self.comfyui = comfyui
         self.base = Path(tempfile.mkdtemp(prefix="hdm-frontend-server-"))
         (self.base / "custom_nodes").mkdir()
         os.symlink(REPO, self.base / "custom_nodes" / PACK_DIR_NAME)
-        for rel in PLACEHOLDERS:
-            p = self.base / "models" / rel
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_text("{}" if p.suffix == ".json" else "")
-        (self.base / "input").mkdir()
-        example = comfyui / "input" / "example.png"
-        if example.is_file():
-            shutil.copy(example, self.base / "input" / "example.png")
+        self.populate()
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(self.base / "server.log", "w")
@@ -66,9 +67,20 @@ class FrontendServer:
         self.proc = subprocess.Popen(
             [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
              "--base-directory", str(self.base), "--database-url", "sqlite:///:memory:",
-             "--disable-auto-launch", "--disable-api-nodes"],
+             "--disable-auto-launch", "--disable-api-nodes", *self.EXTRA_ARGS],
             cwd=str(comfyui), stdout=self.log, stderr=subprocess.STDOUT, env=env,
         )
+
+    def populate(self) -> None:
+        """Empty model files under the names the shipped workflows use, and ComfyUI's example picture."""
+        for rel in PLACEHOLDERS:
+            p = self.base / "models" / rel
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text("{}" if p.suffix == ".json" else "")
+        (self.base / "input").mkdir()
+        example = self.comfyui / "input" / "example.png"
+        if example.is_file():
+            shutil.copy(example, self.base / "input" / "example.png")
 
     def logtext(self) -> str:
         self.log.flush()
@@ -96,6 +108,15 @@ class FrontendServer:
                 self.proc.wait()
         self.log.close()
         shutil.rmtree(self.base, ignore_errors=True)
+
+
+def cannot_serve(exc: Exception) -> str | None:
+    """Why this ComfyUI's server cannot start at all, whatever the pack (a reason to skip), or None."""
+    text = str(exc)
+    if "comfyui_workflow_templates" in text and "does not exist" in text:
+        # ComfyUI 0.3.x's server against the newer split template packages v0.33's requirements install
+        return "this ComfyUI's server cannot start with the installed comfyui_workflow_templates (install the version its requirements.txt pins)"
+    return None
 
 
 @contextlib.contextmanager
