@@ -83,13 +83,18 @@ def _fit_and_kill(root: Path, phase: str, pattern: str, nth: int = 1, *args: str
         [sys.executable, "-m", "trainer", "fit", "config.toml", *args], cwd=root,
         env=_env(**{fileformat.PAUSE_ENV: spec}), stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
+    _kill_when_paused(proc, marker, log, 300, f"fit, pausing at {spec}")
+    return marker
+
+
+def _kill_when_paused(proc: subprocess.Popen, marker: Path, log, timeout: float, what: str) -> None:
+    """SIGKILL ``proc`` once the save-pause hook has written ``marker``; it never outlives the test."""
     try:
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + timeout
         while not marker.exists():
-            if proc.poll() is not None:
-                raise AssertionError(f"fit ended (rc {proc.returncode}) before pausing at {spec}:\n{(root / 'killed-run.log').read_text()[-3000:]}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"fit did not reach {spec} in time")
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log.flush()
+                raise AssertionError(f"{what}: never paused (rc {proc.poll()}):\n{Path(log.name).read_text()[-4000:]}")
             time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
         assert proc.wait(timeout=60) == -signal.SIGKILL
@@ -98,7 +103,6 @@ def _fit_and_kill(root: Path, phase: str, pattern: str, nth: int = 1, *args: str
             proc.kill()
             proc.wait()
         log.close()
-    return marker
 
 
 def _check_files(folder: Path) -> tuple[list[Path], list[Path]]:
@@ -336,19 +340,7 @@ def test_comfyui_server_killed_during_save_every_saves_leaves_no_half_written_lo
         [sys.executable, str(HERE / "comfy_kill_driver.py"), str(comfyui_path), str(loras), str(data)],
         cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 400
-        while not marker.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"ComfyUI never paused in the save (rc {proc.poll()}):\n{(tmp_path / 'comfy.log').read_text()[-4000:]}")
-            time.sleep(0.1)
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait(timeout=60) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log.close()
+    _kill_when_paused(proc, marker, log, 400, "ComfyUI training with save_every")
 
     import folder_paths  # ComfyUI's (comfyui_path put it on sys.path): what LoraLoader lists
 
