@@ -551,7 +551,7 @@ class XUT(nn.Module):
         different lengths can share a batch.
         """
         fn = self._denoise
-        compiled = getattr(self, "_compiled_denoise", None)
+        compiled = self._compiled_denoise
         if compiled is not None and not torch.is_grad_enabled() and x.is_cuda:
             fn = compiled
         out = fn(x, t, ctx, pos_map, addon_info, tread_rate, tread_mask=tread_mask, generator=generator,

@@ -44,21 +44,15 @@ def hdm_sigmas(model, scheduler: str, steps: int, denoise: float = 1.0) -> torch
 
 
 def check_hdm_latent(samples: torch.Tensor) -> None:
-    """Fail early, with the fix, on latents HDM cannot denoise.
+    """Fail early, with the fix, on latents HDM cannot denoise: the channels must be the EQ-SDXL-VAE's.
 
-    Any size is fine (the model pads to its 2x2 patch grid and crops back); the channels
-    must be the EQ-SDXL-VAE's, and a side must hold at least one patch.
+    Any size works (the model pads to its 2x2 patch grid and crops back); a latent smaller than
+    one patch is refused by the model family itself (nodes/model.py), for every sampler node.
     """
     if samples.ndim != 4 or samples.shape[1] != LATENT_CHANNELS:
         raise ValueError(
             f"HDM Sampler: expected an image latent with {LATENT_CHANNELS} channels (Empty Latent Image or VAE Encode with the "
             f"EQ-SDXL-VAE), got a latent of shape {list(samples.shape)}"
-        )
-    h, w = samples.shape[-2:]
-    if h < 2 or w < 2:
-        raise ValueError(
-            f"HDM Sampler: this latent is {w * 8}x{h * 8} px; HDM needs images of at least 16x16 px. "
-            "Use a larger width and height in Empty Latent Image."
         )
 
 
