@@ -14,7 +14,7 @@ Two layouts of the same inputs, chosen by the host (``v3.DYNAMIC_INPUTS``):
 ``LEGACY_WIDGETS`` is the flat layout's widget order. The frontend restores saved
 ``widgets_values`` by position and inserts a DynamicCombo's option widgets right after it, so
 ``web/hdm_dynamic_combo.js`` rewrites values saved in the flat layout into the dynamic one
-(``dynamic_layout`` here is the same rule, for the tests) before the frontend restores them.
+(the test harness's ``dynamic_layout`` emulates it) before the frontend restores them.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 from ..hdm_core.train import ALGORITHMS
 from .v3 import ADVANCED, DYNAMIC_INPUTS, io
 
-__all__ = ["ALGORITHM_INPUTS", "DEFAULTS", "LEGACY_WIDGETS", "dynamic_layout", "algorithm_input", "algorithm_settings", "check_algorithm_values"]
+__all__ = ["ALGORITHM_INPUTS", "DEFAULTS", "LEGACY_WIDGETS", "algorithm_input", "algorithm_settings", "check_algorithm_values"]
 
 #: The inputs each algorithm uses (flat names); the dynamic layout shows only these.
 ALGORITHM_INPUTS: dict[str, tuple[str, ...]] = {
@@ -133,15 +133,3 @@ def check_algorithm_values(**values: Any) -> bool | str:
             return f"{name} {value!r} must be {kind} from {low:g} to {high:g}"
     return True
 
-
-def dynamic_layout(values: list[Any]) -> list[Any]:
-    """Saved ``widgets_values`` of the flat layout in the dynamic layout's order (the rule of
-    web/hdm_dynamic_combo.js): the algorithm, then only its own options, then the rest. Values
-    already in the dynamic layout (and lokr's, the same in both) come back unchanged."""
-    own = ALGORITHM_INPUTS.get(values[_ALGO]) if len(values) > _ALGO + 4 else None
-    flat = own is not None and len(values) <= len(LEGACY_WIDGETS) and len(own) < len(_FLAT)
-    flat = flat and all(isinstance(values[_ALGO + 1 + i], (int, float)) for i in range(3)) and isinstance(values[_ALGO + 4], str)
-    if not flat:
-        return list(values)
-    by_name = dict(zip(LEGACY_WIDGETS, values))
-    return [*values[: _ALGO + 1], *(by_name[n] for n in own), *values[_ALGO + 1 + len(_FLAT) :]]

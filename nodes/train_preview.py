@@ -60,7 +60,6 @@ class TrainingPreview:
         self.params = preview_params(latent, seed)
         self.device = device
         self.amp_dtype = AMP_DTYPES.get(mixed_precision)
-        self.last: Image.Image | None = None
 
     def to_image(self, z: torch.Tensor) -> Image.Image:
         """A model-space latent ``[1, 4, h, w]`` → PIL, by the VAE when connected, else latent-to-RGB."""
@@ -71,8 +70,7 @@ class TrainingPreview:
 
     def __call__(self, step: int, xut: nn.Module) -> None:
         z = draw_preview_latent(xut, self.context, self.context[:0], self.params, self.device, amp_dtype=self.amp_dtype)
-        self.last = self.to_image(z)
-        self.send(step, ("JPEG", self.last, latent_preview.MAX_PREVIEW_RESOLUTION))
+        self.send(step, ("JPEG", self.to_image(z), latent_preview.MAX_PREVIEW_RESOLUTION))
 
 
 __all__ = ["PREVIEW_CFG", "PREVIEW_STEPS", "TrainingPreview", "preview_params", "tensor_image"]

@@ -499,7 +499,7 @@ def ui_to_api(ui: dict, node_classes: dict) -> dict:
         if any(d[0] == "COMFY_DYNAMICCOMBO_V3" for _, d in ordered) and node["type"] == "HDMTrainLyCORIS":
             # what the pack's frontend extension (web/hdm_dynamic_combo.js) does to a flat layout on load
             pack = importlib.import_module(cls.__module__.rsplit(".", 1)[0] + ".train_algorithm")
-            saved_values = pack.dynamic_layout(saved_values)
+            saved_values = dynamic_layout(pack, saved_values)
         ordered = _expand_dynamic_combos(ordered, saved_values)
         linked = {inp["name"]: links[inp["link"]] for inp in node.get("inputs", []) if inp.get("link") is not None}
         values = saved_values
@@ -632,3 +632,18 @@ def train_prompt(**inputs) -> dict:
     prompt["9"] = {"class_type": "HDMTrainLyCORIS", "inputs": base}
     prompt["7"]["inputs"]["model"] = ["9", 0]
     return prompt
+
+
+# ----------------------------------------------------------------------------- the frontend extension
+def dynamic_layout(ta, values: list) -> list:
+    """Saved ``widgets_values`` of the flat layout in the dynamic layout's order, as
+    web/hdm_dynamic_combo.js rewrites them on load (``ta``: the pack's nodes.train_algorithm):
+    the algorithm, then only its own options, then the rest. Values already in the dynamic
+    layout (and lokr's, the same in both) come back unchanged."""
+    own = ta.ALGORITHM_INPUTS.get(values[ta._ALGO]) if len(values) > ta._ALGO + 4 else None
+    flat = own is not None and len(values) <= len(ta.LEGACY_WIDGETS) and len(own) < len(ta._FLAT)
+    flat = flat and all(isinstance(values[ta._ALGO + 1 + i], (int, float)) for i in range(3)) and isinstance(values[ta._ALGO + 4], str)
+    if not flat:
+        return list(values)
+    by_name = dict(zip(ta.LEGACY_WIDGETS, values))
+    return [*values[: ta._ALGO + 1], *(by_name[n] for n in own), *values[ta._ALGO + 1 + len(ta._FLAT) :]]

@@ -75,7 +75,7 @@ def test_widgets_are_the_flat_layout_or_a_dynamic_combo_of_each_algorithms_optio
     ],
 )  # fmt: skip
 def test_saved_flat_values_move_into_the_dynamic_layout(cui, values, expected):
-    assert ta(cui).dynamic_layout(values) == expected
+    assert H.dynamic_layout(ta(cui), values) == expected  # the harness's emulation of web/hdm_dynamic_combo.js
 
 
 def adapter(cui, prompt: dict) -> tuple[dict, dict]:
