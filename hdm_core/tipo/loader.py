@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from .backends import LlamaCppTipo, TipoBackend, TransformersTipo
-from ..fileformat import probe_file
+from ..checkpoint import CheckpointError, check_safetensors_file
 from .errors import TipoDependencyError, TipoModelError
 from .kgen_api import llama_cpp
 
@@ -164,11 +164,9 @@ def check_transformers_folder(path: Path) -> None:
         missing.append("model.safetensors")
     for weights in sorted(path.glob("*.safetensors")):  # HDM's format probe before transformers reads it
         try:
-            probe = probe_file(weights)
-        except OSError as exc:
-            raise TipoModelError(f"{weights}: cannot read this file ({exc})") from None
-        if not probe.ok:
-            raise TipoModelError(f"{weights}: {probe.message}")
+            check_safetensors_file(weights)
+        except CheckpointError as exc:
+            raise TipoModelError(str(exc)) from None
     if not (path / "tokenizer.model").is_file() and not (path / "tokenizer.json").is_file():
         missing.append("tokenizer.model")
     if missing:
