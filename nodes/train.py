@@ -91,8 +91,8 @@ from ..hdm_core.train.optim import SCHEDULERS
 from ..hdm_core.train.plot import loss_curve_image
 from .conditioning import BRACKET_MODES, encode_prompt
 from .train_preview import PREVIEW_CFG, PREVIEW_STEPS, TrainingPreview
-from .train_algorithm import algorithm_input, algorithm_settings, check_algorithm_values
-from .v3 import ADVANCED, DYNAMIC_INPUTS, check_options, io, schema
+from .train_algorithm import algorithm_input, algorithm_settings
+from .v3 import ADVANCED, DYNAMIC_INPUTS, check_options, check_ranges, io, schema
 
 log = logging.getLogger(__name__)
 
@@ -455,13 +455,9 @@ class HDMTrainLyCORIS(io.ComfyNode):
         folder = check_dataset_folder(dataset_folder)
         if folder is not True:
             return folder
-        values = check_algorithm_values(rank=rank, alpha=alpha, lokr_factor=lokr_factor)
-        if values is not True:
-            return f"{NODE}: {values}"
-        if isinstance(algorithm, dict):  # the DynamicCombo: its option values arrive nested (ComfyUI checks them too)
-            nested = check_algorithm_values(**{k: v for k, v in algorithm.items() if k != "algorithm"})
-            if nested is not True:
-                return f"{NODE}: {nested}"
+        ranges = check_ranges(cls, rank=rank, alpha=alpha, lokr_factor=lokr_factor)  # flat values (older prompts)
+        if ranges is not True:
+            return ranges
         return check_options(
             cls, crop=crop, missing_captions=missing_captions, bracket_mode=bracket_mode, algorithm=algorithm, target=target,
             scheduler=scheduler, precision=precision,

@@ -22,9 +22,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..hdm_core.train import ALGORITHMS
-from .v3 import ADVANCED, DYNAMIC_INPUTS, io
+from .v3 import ADVANCED, DYNAMIC_INPUTS, dynamic_choice, io
 
-__all__ = ["ALGORITHM_INPUTS", "DEFAULTS", "LEGACY_WIDGETS", "algorithm_input", "algorithm_settings", "check_algorithm_values"]
+__all__ = ["ALGORITHM_INPUTS", "DEFAULTS", "LEGACY_WIDGETS", "algorithm_input", "algorithm_settings"]
 
 #: The inputs each algorithm uses (flat names); the dynamic layout shows only these.
 ALGORITHM_INPUTS: dict[str, tuple[str, ...]] = {
@@ -52,7 +52,6 @@ _ALGO = LEGACY_WIDGETS.index("algorithm")
 _FLAT = ("rank", "alpha", "lokr_factor")
 
 DEFAULTS: dict[str, Any] = {"rank": 16, "alpha": 8.0, "lokr_factor": -1}
-_RANGES: dict[str, tuple[float, float]] = {"rank": (1, 1024), "alpha": (0.0, 4096.0), "lokr_factor": (-1, 1024)}
 #: What ``rank`` means per algorithm (its label in the dynamic layout, and its tooltip).
 _RANK_MEANING = {
     "lokr": ("rank", "Rank of the decomposed Kronecker factor (ignored when both factors are full)."),
@@ -92,44 +91,12 @@ def algorithm_input() -> list[io.Input]:
 
 
 def algorithm_settings(algorithm: Any, **flat: Any) -> tuple[str, int, float, int]:
-    """``(algorithm, rank, alpha, lokr_factor)`` from either layout.
+    """``(algorithm, rank, alpha, lokr_factor)`` from either layout (``v3.dynamic_choice``).
 
     ``algorithm`` is a name (flat layout) or the DynamicCombo's nested dict; ``flat`` holds the
-    flat-named values a prompt gave (older prompts). A flat value wins over a nested one (a
-    prompt has one or the other), and an input the prompt lacks takes its default.
+    flat-named values a prompt gave (older prompts). Ranges are checked by ``validate_inputs``.
     """
-    nested: dict[str, Any] = {}
-    if isinstance(algorithm, dict):
-        nested, algorithm = algorithm, algorithm.get("algorithm")
+    algorithm, values = dynamic_choice("algorithm", algorithm, flat, DEFAULTS)
     if not isinstance(algorithm, str) or algorithm not in ALGORITHM_INPUTS:
         raise ValueError(f"algorithm {algorithm!r} is not one of the options ({', '.join(ALGORITHMS)})")
-    values = {}
-    for name, default in DEFAULTS.items():
-        value = flat.get(name)
-        values[name] = value if value is not None else nested.get(name) if nested.get(name) is not None else default
-    message = check_algorithm_values(**values)
-    if message is not True:
-        raise ValueError(message)
     return algorithm, int(values["rank"]), float(values["alpha"]), int(values["lokr_factor"])
-
-
-def check_algorithm_values(**values: Any) -> bool | str:
-    """``True``, or a message naming the first of rank/alpha/lokr_factor outside its range (``None`` = linked, skipped).
-
-    ComfyUI checks the range of declared inputs only; flat values of older prompts reach the
-    node undeclared on hosts with the dynamic layout, and ``validate_inputs`` taking them by name
-    switches ComfyUI's own check off on the others.
-    """
-    for name, value in values.items():
-        if isinstance(value, dict) or value is None or name not in _RANGES:
-            continue
-        low, high = _RANGES[name]
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            return f"{name} {value!r} is not a number"
-        if not low <= number <= high or (name != "alpha" and number != int(number)):
-            kind = "a number" if name == "alpha" else "a whole number"
-            return f"{name} {value!r} must be {kind} from {low:g} to {high:g}"
-    return True
-

@@ -16,7 +16,10 @@ from typing import Any
 
 from comfy_api.latest import ComfyExtension, io
 
-__all__ = ["ADVANCED", "ComfyExtension", "DYNAMIC_INPUTS", "HAS_DYNAMIC_COMBO", "HAS_SEARCH_ALIASES", "io", "schema"]
+__all__ = [
+    "ADVANCED", "ComfyExtension", "DYNAMIC_INPUTS", "HAS_DYNAMIC_COMBO", "HAS_SEARCH_ALIASES", "check_options", "check_ranges",
+    "dynamic_choice", "io", "schema",
+]  # fmt: skip
 
 _SCHEMA_FIELDS = {f.name for f in dataclasses.fields(io.Schema)}
 HAS_SEARCH_ALIASES = "search_aliases" in _SCHEMA_FIELDS
@@ -44,6 +47,21 @@ def schema(**kwargs: Any) -> io.Schema:
     return io.Schema(**{k: v for k, v in kwargs.items() if k in _SCHEMA_FIELDS})
 
 
+def _inputs_by_id(schema_: io.Schema) -> dict[str, io.Input]:
+    """The schema's inputs by id, a DynamicCombo's per-option inputs included (the first of a name wins).
+
+    Older prompts give those under their flat names (``crop`` rather than ``data_source.crop``),
+    and the node must check them itself: ComfyUI checks only the inputs the schema declares.
+    """
+    found: dict[str, io.Input] = {}
+    for input_ in schema_.inputs:
+        found.setdefault(input_.id, input_)
+        for option in getattr(input_, "options", None) or []:
+            for nested in getattr(option, "inputs", ()):
+                found.setdefault(nested.id, nested)
+    return found
+
+
 def check_options(cls: type[io.ComfyNode], **values: Any) -> bool | str:
     """``True``, or a message naming the first combo value that is not one of the input's options.
 
@@ -52,14 +70,55 @@ def check_options(cls: type[io.ComfyNode], **values: Any) -> bool | str:
     takes by name. A linked input arrives as ``None`` (known only at run time) and is skipped.
     """
     schema_ = cls.define_schema()  # (not GET_SCHEMA: it caches on the class, which ComfyUI locks while validating)
-    by_id = {i.id: i for i in schema_.inputs}
+    by_id = _inputs_by_id(schema_)
     for name, value in values.items():
         options = getattr(by_id.get(name), "options", None)
         if options is not None and HAS_DYNAMIC_COMBO and isinstance(by_id.get(name), io.DynamicCombo.Input):
             options = [o.key for o in options]  # a DynamicCombo's options are its keys
             value = value.get(name) if isinstance(value, dict) else value  # arrives nested as {name: key, ...}
-        if value is None or options is None or value in options:
+        if value is None or isinstance(value, list) or options is None or value in options:
             continue
         shown = ", ".join(map(str, options[:20])) + (f" … ({len(options)} in all)" if len(options) > 20 else "")
         return f"{schema_.display_name}: {name} '{value}' is not one of the options ({shown})"
     return True
+
+
+def check_ranges(cls: type[io.ComfyNode], **values: Any) -> bool | str:
+    """``True``, or a message naming the first number outside its input's ``min``/``max``.
+
+    For the flat values of older prompts on hosts where those inputs moved into a DynamicCombo
+    (ComfyUI checks declared inputs only). ``None`` (linked) and nested dicts are skipped.
+    """
+    schema_ = cls.define_schema()
+    by_id = _inputs_by_id(schema_)
+    for name, value in values.items():
+        input_ = by_id.get(name)
+        whole = isinstance(input_, io.Int.Input)
+        if value is None or isinstance(value, (dict, list)) or not (whole or isinstance(input_, io.Float.Input)):
+            continue
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return f"{schema_.display_name}: {name} {value!r} is not a number"
+        low, high = input_.min, input_.max
+        if (low is not None and number < low) or (high is not None and number > high) or (whole and number != int(number)):
+            kind = "a whole number" if whole else "a number"
+            return f"{schema_.display_name}: {name} {value!r} must be {kind} from {low:g} to {high:g}"
+    return True
+
+
+def dynamic_choice(name: str, value: Any, flat: dict[str, Any], defaults: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """``(chosen option, {input: value})`` of the DynamicCombo input ``name``, from either layout of a prompt.
+
+    ``value`` is what the node received for the combo: its nested dict (``{"algorithm": "lokr",
+    "rank": 8}`` on a DynamicCombo host), a plain option name (the flat layout), or ``None`` (an
+    optional combo the prompt does not have: one saved before the combo existed). ``flat`` holds
+    the flat-named values the prompt gave (older prompts reach the node through
+    ``accept_all_inputs``). Per input, a flat value wins over a nested one (a prompt has one or
+    the other), and an input neither gives takes ``defaults``.
+    """
+    nested: dict[str, Any] = {}
+    if isinstance(value, dict):
+        nested, value = {k: v for k, v in value.items() if v is not None}, value.get(name)
+    values = {k: flat[k] if flat.get(k) is not None else nested.get(k, default) for k, default in defaults.items()}
+    return value, values
