@@ -5,12 +5,9 @@ normal prompts:
 
 1. **Check everything cheap first** — an HDM MODEL, exactly one data source, the adapter
    and training settings, the dataset's size — before any slow work.
-2. **Encode the dataset once, through ComfyUI's own objects**: captions with HDM Text
-   Encode's code on the CLIP (same bracket handling, same tokens), images with the VAE's
-   ``encode`` and the MODEL's ``latent_format.process_in``. The adapter therefore learns
-   from exactly the inputs inference produces. Each image gets one crop (drawn from the
-   seed) and its caption as written; encoding happens before training so ComfyUI never
-   swaps the encoders in and out of the GPU under the model being trained.
+2. **Encode the dataset once, through ComfyUI's own objects** (``train_data``): captions with
+   HDM Text Encode's code on the CLIP, images with the VAE's ``encode`` and the MODEL's
+   ``latent_format.process_in``, one crop per image drawn from the seed, before training.
 3. **Copy the MODEL's effective weights** — loaded with ``comfy.model_management`` and read
    the way Checkpoint Save reads them, so LoRAs already applied to the MODEL are part of
    the base — into a private float32 ``hdm_core`` XUT made of normal (non-inference)
@@ -35,8 +32,9 @@ Workflows saved with the flat inputs keep running on both: API prompts with flat
 defaults; UI workflows, whose ``widgets_values`` the frontend restores by position while the
 DynamicCombo inserts its widgets after itself, are rewritten into the new layout on load by the
 pack's frontend extension (web/hdm_dynamic_combo.js). Rarely changed options are *advanced* (v0.33).
-The data source stays three optional inputs: a DynamicCombo there would add a widget that no saved
-workflow has a value for, shifting every value after it.
+The data source (``train_data``) follows the same rule: on v0.33 one optional DynamicCombo
+``data_source`` (folder / images / latent) shows only the chosen source's inputs; elsewhere
+``dataset_folder`` … and the optional ``images``, ``latent`` … inputs are the flat ones.
 
 Interrupt (ComfyUI's cancel): training stops after the current step, the adapter trained so
 far is saved under the run's final name, and the prompt ends as interrupted. A non-finite
@@ -54,7 +52,6 @@ import logging
 import os
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,53 +63,33 @@ import comfy.utils
 import folder_paths
 
 from ..hdm_core.checkpoint import CheckpointError, check_weight_file, load_xut
-from ..hdm_core.latents import LATENT_CHANNELS
 from ..hdm_core.train import (
     TARGET_PRESETS,
     AdapterConfig,
     AdapterError,
-    BucketConfig,
-    CaptionConfig,
     DatasetError,
-    ImageFolderData,
-    LatentData,
     OptimizerConfig,
     StepInfo,
     TrainCallbacks,
     TrainConfig,
     TrainingError,
-    scan_image_folder,
     train,
 )
-from ..hdm_core.train.batching import check_dataset_size
-from ..hdm_core.train.buckets import CROP_MODES
-from ..hdm_core.train.data import image_records
 from ..hdm_core.train.optim import SCHEDULERS
 from ..hdm_core.train.plot import loss_curve_image
-from .conditioning import BRACKET_MODES, encode_prompt
-from .train_preview import PREVIEW_CFG, PREVIEW_STEPS, TrainingPreview
 from .train_algorithm import algorithm_input, algorithm_settings
-from .v3 import ADVANCED, DYNAMIC_INPUTS, check_options, check_ranges, io, schema
+from .train_data import DATA_DEFAULTS, build_dataset, check_dataset_folder, data_inputs_head, data_inputs_tail, data_settings, resolve_dataset_folder
+from .train_errors import NODE, TrainNodeError, fail
+from .train_preview import PREVIEW_CFG, PREVIEW_STEPS, TrainingPreview
+from .v3 import ADVANCED, DYNAMIC_INPUTS, check_inputs, io, schema
 
 log = logging.getLogger(__name__)
 
-NODE = "HDM Train LyCORIS"
 PRECISIONS = ["auto", "fp32", "bf16", "fp16"]
-MISSING_CAPTIONS = ["error", "empty"]
-#: Images per VAE call while encoding the dataset.
-ENCODE_CHUNK = 4
 #: Seconds between progress-text updates (the last step is always reported).
 TEXT_INTERVAL = 0.5
 #: Characters no file name may hold on some system ComfyUI runs on (Windows, mostly).
 FORBIDDEN_NAME_CHARS = frozenset('<>:"|?*')
-
-
-class TrainNodeError(ValueError):
-    """Bad input to the training node; the message names the input and the fix."""
-
-
-def _fail(message: str) -> TrainNodeError:
-    return TrainNodeError(f"{NODE}: {message}")
 
 
 # ----------------------------------------------------------------------------- the MODEL
@@ -123,7 +100,7 @@ def hdm_diffusion_model(model) -> torch.nn.Module:
     # by class name, not identity: the pack may be imported more than once in one process
     if dm is None or not hasattr(dm, "config") or not any(c.__name__ == "XUT" for c in type(dm).__mro__):
         what = type(dm if dm is not None else inner if inner is not None else model).__name__
-        raise _fail(
+        raise fail(
             f"the MODEL is not an HDM model (its diffusion model is {what}); this node trains HDM (XUT) models only. "
             "Connect the MODEL output of HDM Checkpoint Loader."
         )
@@ -160,7 +137,7 @@ def training_precision(precision: str, device: torch.device) -> str:
     if precision in ("bf16", "fp16"):
         return precision
     if precision != "auto":
-        raise _fail(f"precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
+        raise fail(f"precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
     if device.type == "cpu":
         return "no"
     if mm.should_use_bf16(device):
@@ -179,7 +156,7 @@ def split_save_name(save_name: str) -> tuple[list[str], str]:
     parts = name.split("/")
     bad_chars = any(c in FORBIDDEN_NAME_CHARS or ord(c) < 32 for c in name)
     if not name or os.path.isabs(name) or bad_chars or any(p.strip() in ("", ".", "..") or p != p.rstrip(". ") for p in parts):
-        raise _fail(
+        raise fail(
             f"save_name must be a file name, optionally inside sub-folders of models/loras (e.g. 'hdm/my_style'), "
             f"without {' '.join(sorted(FORBIDDEN_NAME_CHARS))}, '..' or a trailing dot or space; not {save_name!r}"
         )
@@ -232,91 +209,6 @@ def save_preview(img) -> dict[str, str]:
     name = f"hdm_loss_{uuid.uuid4().hex[:12]}.png"
     img.save(os.path.join(folder, name), compress_level=4)
     return {"filename": name, "subfolder": "", "type": "temp"}
-
-
-# ----------------------------------------------------------------------------- data
-def resolve_dataset_folder(text: str) -> Path:
-    """An absolute folder, or one relative to ComfyUI's input folder."""
-    path = Path(os.path.expanduser(text.strip().strip('"').strip("'")))
-    if not path.is_absolute():
-        path = Path(folder_paths.get_input_directory()) / path
-    return path
-
-
-def split_captions(text: str | None, count: int, missing: str) -> list[str]:
-    """One caption per image from a text box: one line per image, or one line for all."""
-    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
-    if not lines:
-        if missing == "empty":
-            return [""] * count
-        raise _fail(
-            f"the images have no captions: write one caption per line in 'captions' ({count} lines), or a single line "
-            "for all images (or set missing_captions to 'empty' to train without captions)"
-        )
-    if len(lines) == 1:
-        return lines * count
-    if len(lines) != count:
-        raise _fail(f"'captions' has {len(lines)} lines for {count} images; write one line per image, or a single line for all")
-    return lines
-
-
-def images_to_pil(images: torch.Tensor) -> list:
-    from PIL import Image
-
-    if images.ndim != 4 or images.shape[-1] not in (3, 4):
-        raise _fail(f"'images' must be an IMAGE batch [B, H, W, 3], got shape {list(images.shape)}")
-    arr = images[..., :3].float().clamp(0, 1).mul(255).round().to(torch.uint8).cpu().numpy()
-    return [Image.fromarray(a) for a in arr]
-
-
-class ComfyImageEncoder:
-    """``pixels [B, 3, H, W]`` in [-1, 1] → VAE latents, through the ComfyUI VAE's own ``encode``."""
-
-    def __init__(self, vae) -> None:
-        self.vae = vae
-
-    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.vae.encode(pixels.add(1.0).mul(0.5).clamp(0.0, 1.0).movedim(1, -1))
-
-
-class ComfyTextEncoder:
-    """``captions → [T_i, D]`` contexts, exactly as HDM Text Encode conditions inference."""
-
-    def __init__(self, clip, bracket_mode: str) -> None:
-        self.clip = clip
-        self.bracket_mode = bracket_mode
-
-    def __call__(self, captions: list[str]) -> list[torch.Tensor]:
-        return [encode_prompt(self.clip, caption, self.bracket_mode)[0][0][0] for caption in captions]
-
-
-@dataclass
-class DataSource:
-    data: LatentData
-    description: str
-    images: int
-
-
-def latent_dataset(model, latent: dict, conditioning: list) -> DataSource:
-    """A LATENT (VAE space, e.g. from VAE Encode) + its conditioning: one context for all or one per latent."""
-    samples = latent.get("samples") if isinstance(latent, dict) else None
-    if samples is None or not torch.is_tensor(samples) or getattr(samples, "is_nested", False):
-        raise _fail("'latent' must be an image LATENT (e.g. from VAE Encode with the EQ-SDXL-VAE)")
-    if samples.ndim != 4 or samples.shape[1] != LATENT_CHANNELS:
-        raise _fail(
-            f"'latent' must hold HDM image latents [B, {LATENT_CHANNELS}, h, w] (VAE Encode with the EQ-SDXL-VAE), "
-            f"got shape {list(samples.shape)}"
-        )
-    if not conditioning:
-        raise _fail("'latent' needs 'conditioning' (the captions encoded with HDM Text Encode)")
-    rows = [row for entry in conditioning for row in entry[0]]
-    n = samples.shape[0]
-    if len(rows) == 1:
-        rows = rows * n
-    elif len(rows) != n:
-        raise _fail(f"'conditioning' holds {len(rows)} prompts for {n} latents; give one for all latents or one per latent (in order)")
-    z = model.model.process_latent_in(samples.detach().float().cpu())
-    return DataSource(LatentData(list(z), rows), f"LATENT ({n} latents)", n)
 
 
 # ----------------------------------------------------------------------------- progress
@@ -379,18 +271,6 @@ class Progress:
 
 
 # ----------------------------------------------------------------------------- the node
-def check_dataset_folder(dataset_folder: str | None) -> bool | str:
-    """validate_inputs' check of ``dataset_folder``: empty (another source) or an existing folder."""
-    if not isinstance(dataset_folder, str) or not dataset_folder.strip():
-        return True
-    root = resolve_dataset_folder(dataset_folder)
-    if not root.exists():
-        return f"{NODE}: dataset folder {root} does not exist (a relative dataset_folder is looked up in ComfyUI's input folder)"
-    if not root.is_dir():
-        return f"{NODE}: {root} is not a folder; point the dataset at a folder of images and .txt captions"
-    return True
-
-
 class HDMTrainLyCORIS(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -405,11 +285,7 @@ class HDMTrainLyCORIS(io.ComfyNode):
             is_output_node=True,
             inputs=[
                 io.Model.Input("model", tooltip="The HDM model to train on (HDM Checkpoint Loader). LoRAs already applied to it become part of the base the adapter is trained on; the MODEL itself is never modified."),
-                io.String.Input("dataset_folder", default="", tooltip="A kohya-style dataset folder: images with same-name .txt captions; sub-folders named N_name repeat their images N times. Absolute, or relative to ComfyUI's input folder. Leave empty when training from 'images' or 'latent'."),
-                io.Int.Input("resolution", default=1024, min=64, max=4096, step=16, tooltip="Training resolution in pixels (images are resized to about resolution x resolution; folder and IMAGE data)."),
-                io.Combo.Input("crop", **ADVANCED, options=list(CROP_MODES), default="bucket", tooltip="bucket: aspect-ratio buckets in 16-px steps (each image keeps its shape). square: HDM's shifted square crop (short side = resolution, a random square along the long side). Either way the position map tells the model where the crop sits."),
-                io.Combo.Input("missing_captions", **ADVANCED, options=MISSING_CAPTIONS, default="error", tooltip="What to do with images without a caption: 'error' stops with a list of them; 'empty' trains them with an empty caption (HDM's unconditional input)."),
-                io.Combo.Input("bracket_mode", **ADVANCED, options=BRACKET_MODES, default="danbooru", tooltip="How captions are encoded, as in HDM Text Encode: danbooru keeps brackets in tags such as 'izuna (blue archive)' literal; comfy reads '(x)' as a weight. Use what you will use at inference."),
+                *data_inputs_head(),  # dataset_folder, resolution, crop, missing_captions, bracket_mode (flat layout only)
                 *algorithm_input(),  # algorithm, rank, alpha, lokr_factor (flat) or one DynamicCombo
                 io.Combo.Input("target", options=list(TARGET_PRESETS), default="attn-mlp", tooltip="Which layers get an adapter: attn (self/cross-attention projections), attn-mlp (+ the MLPs), full (every linear layer, and the patch conv for all algorithms except plain lora)."),
                 io.String.Input("exclude", **ADVANCED, default="", tooltip="Layers to leave out: regular expressions separated by spaces, each matched against the whole module path, e.g. 'backbone\\.dec_blocks\\.1\\..* out_patch\\.proj'."),
@@ -425,11 +301,8 @@ class HDMTrainLyCORIS(io.ComfyNode):
                 io.Boolean.Input("gradient_checkpointing", **ADVANCED, default=False, tooltip="Recompute each transformer block in the backward pass: much less memory, about a third slower."),
                 io.Combo.Input("precision", **ADVANCED, options=PRECISIONS, default="auto", tooltip="Compute precision (the model copy and the adapter stay float32): auto = bf16 on GPUs that support it, else fp16 on GPUs, fp32 on the CPU; fp16 uses loss scaling."),
                 io.Clip.Input("clip", optional=True, tooltip="HDM's Qwen3-0.6B text encoder (HDM Checkpoint Loader), to encode captions of a folder or IMAGE batch."),
-                io.Vae.Input("vae", optional=True, tooltip="The EQ-SDXL-VAE (HDM Checkpoint Loader), to encode the images of a folder or IMAGE batch."),
-                io.Image.Input("images", optional=True, tooltip="Train on an IMAGE batch instead of a folder (with 'captions')."),
-                io.String.Input("captions", optional=True, multiline=True, default="", tooltip="Captions of the 'images' batch: one line per image, or a single line for all images."),
-                io.Latent.Input("latent", optional=True, tooltip="Train on ready-made latents instead (VAE Encode with the EQ-SDXL-VAE), with 'conditioning'; no CLIP or VAE needed."),
-                io.Conditioning.Input("conditioning", optional=True, tooltip="Conditioning for 'latent' (HDM Text Encode): one prompt for all latents, or one per latent in order (e.g. Conditioning Combine)."),
+                io.Vae.Input("vae", optional=True, tooltip="The EQ-SDXL-VAE (HDM Checkpoint Loader), to encode the images of a folder or IMAGE batch (and to decode previews)."),
+                *data_inputs_tail(),  # images, captions, latent, conditioning (flat) or the data_source DynamicCombo
                 # optional and last: workflows saved before it existed load and run unchanged (0 = off)
                 io.Int.Input("preview_every", optional=True, default=0, min=0, max=1000000, tooltip=f"Show a sample image in this node's preview every N steps (0 = off): the first caption, seed 'seed', euler {PREVIEW_STEPS} steps at CFG {PREVIEW_CFG}, at the first image's size, with the adapter trained so far; decoded by the VAE when connected, else a rough latent preview. Costs that many sampling steps each time; never changes the trained adapter."),
             ],
@@ -439,33 +312,31 @@ class HDMTrainLyCORIS(io.ComfyNode):
                 io.String.Output("lora_name", display_name="lora_name", tooltip="The saved file's name in models/loras, as Load LoRA lists it."),
             ],
             hidden=[io.Hidden.unique_id],
-            **({"accept_all_inputs": True} if DYNAMIC_INPUTS else {}),  # flat rank/alpha/lokr_factor of older prompts
+            **({"accept_all_inputs": True} if DYNAMIC_INPUTS else {}),  # the flat algorithm and data inputs of older prompts
         )
 
     @classmethod
-    def validate_inputs(cls, dataset_folder=None, save_name=None, crop=None, missing_captions=None, bracket_mode=None,
-                        algorithm=None, target=None, scheduler=None, precision=None, rank=None, alpha=None,
-                        lokr_factor=None) -> bool | str:  # fmt: skip
-        """A bad save name, a missing dataset folder or an unknown option is refused before the graph runs (linked values arrive as None)."""
+    def validate_inputs(cls, save_name=None, data_source=None, dataset_folder=None, **values) -> bool | str:
+        """A bad save name, a missing dataset folder, an unknown option or a number out of range is
+        refused before the graph runs, in either layout (linked values arrive as None).
+
+        ``**values``: ComfyUI then passes the DynamicCombos' nested values too, and leaves every
+        option and range check to the node (``v3.check_inputs``).
+        """
         if isinstance(save_name, str):
             try:
                 split_save_name(save_name)
             except TrainNodeError as exc:
                 return str(exc)
-        folder = check_dataset_folder(dataset_folder)
+        folder = check_dataset_folder(data_settings(data_source, dataset_folder=dataset_folder)["dataset_folder"])
         if folder is not True:
             return folder
-        ranges = check_ranges(cls, rank=rank, alpha=alpha, lokr_factor=lokr_factor)  # flat values (older prompts)
-        if ranges is not True:
-            return ranges
-        return check_options(
-            cls, crop=crop, missing_captions=missing_captions, bracket_mode=bracket_mode, algorithm=algorithm, target=target,
-            scheduler=scheduler, precision=precision,
-        )  # fmt: skip
+        return check_inputs(cls, data_source=data_source, dataset_folder=dataset_folder, **values)
 
     @classmethod
-    def fingerprint_inputs(cls, dataset_folder="", **kwargs):
+    def fingerprint_inputs(cls, dataset_folder=None, data_source=None, **kwargs):
         """A folder's listing (names, sizes, times), so edited datasets train again; otherwise the inputs decide."""
+        dataset_folder = data_settings(data_source, dataset_folder=dataset_folder)["dataset_folder"]
         if not isinstance(dataset_folder, str) or not dataset_folder.strip():
             return ""
         root = resolve_dataset_folder(dataset_folder)
@@ -495,83 +366,21 @@ class HDMTrainLyCORIS(io.ComfyNode):
                 save_every=int(save_every), save_state=False, output_name="run",
             )  # fmt: skip
         except (AdapterError, ValueError) as exc:
-            raise _fail(str(exc)) from exc
+            raise fail(str(exc)) from exc
         return adapter, config
-
-    @staticmethod
-    def dataset(model, ctx_dim, *, dataset_folder, images, captions, latent, conditioning, clip, vae, resolution, crop,
-                missing_captions, bracket_mode, seed, batch_size, progress: Progress) -> DataSource:  # fmt: skip
-        """The training data from the one source given, encoded once (see the module docstring)."""
-        folder_given = isinstance(dataset_folder, str) and dataset_folder.strip() != ""
-        given = [name for name, on in (("dataset_folder", folder_given), ("images", images is not None), ("latent", latent is not None)) if on]
-        if not given:
-            raise _fail(
-                "no training data: set dataset_folder (images with same-name .txt captions), or connect 'images' "
-                "(with 'captions'), or 'latent' with 'conditioning'"
-            )
-        if len(given) > 1:
-            raise _fail(f"several data sources are set ({', '.join(given)}); use exactly one (clear dataset_folder or disconnect the others)")
-        if missing_captions not in MISSING_CAPTIONS:
-            raise _fail(f"missing_captions must be one of {', '.join(MISSING_CAPTIONS)}, got '{missing_captions}'")
-
-        if latent is not None:
-            source = latent_dataset(model, latent, conditioning)
-        else:
-            if clip is None or vae is None:
-                missing = " and ".join(n for n, v in (("CLIP", clip), ("VAE", vae)) if v is None)
-                raise _fail(
-                    f"connect the {missing} (HDM Checkpoint Loader's outputs) to encode the dataset, or train from "
-                    "'latent' + 'conditioning' instead"
-                )
-            channels = getattr(vae, "latent_channels", LATENT_CHANNELS)
-            if channels != LATENT_CHANNELS:
-                raise _fail(f"the VAE makes {channels}-channel latents; HDM needs the EQ-SDXL-VAE (4 channels) from HDM Checkpoint Loader")
-            try:
-                buckets = BucketConfig(mode=crop, resolution=int(resolution))
-            except ValueError as exc:
-                raise _fail(str(exc)) from exc
-            if folder_given:
-                root = resolve_dataset_folder(dataset_folder)
-                records = scan_image_folder(root, missing_captions=missing_captions)
-                description = f"folder {root.name}"
-            else:
-                pil = images_to_pil(images)
-                records = image_records(pil, split_captions(captions, len(pil), missing_captions))
-                description = f"IMAGE batch ({len(pil)} images)"
-            folder_data = ImageFolderData(
-                records, image_encoder=ComfyImageEncoder(vae), text_encoder=ComfyTextEncoder(clip, bracket_mode),
-                buckets=buckets, captions=CaptionConfig(shuffle_tags=False), seed=int(seed),
-                normalize_latents=model.model.process_latent_in,
-            )  # fmt: skip
-            check_dataset_size(folder_data, batch_size)  # before the slow encoding
-            progress.stage(len(records))
-            progress.text(f"encoding {len(records)} images and their captions", force=True)
-
-            def encoded(done: int, total: int) -> None:
-                progress.update(done, total)
-                progress.raise_if_interrupted()
-
-            source = DataSource(folder_data.encode_all(batch_size=ENCODE_CHUNK, progress=encoded), description, len(records))
-        widths = {c.shape[-1] for c in source.data.contexts}
-        if widths != {ctx_dim}:
-            raise _fail(
-                f"the text features are {sorted(widths)} wide but this HDM model reads {ctx_dim}-wide ones: encode with HDM's "
-                "Qwen3-0.6B (the CLIP of HDM Checkpoint Loader, HDM Text Encode)"
-            )
-        check_dataset_size(source.data, batch_size)
-        return source
 
     # -- run ----------------------------------------------------------------------------------
     @classmethod
-    def execute(cls, model, dataset_folder, resolution, crop, missing_captions, bracket_mode, algorithm, *, rank=None,
-              alpha=None, lokr_factor=None, target, exclude, steps, batch_size, learning_rate, scheduler, warmup_steps, tread_rate, seed,
-              save_name, save_every, gradient_checkpointing, precision, clip=None, vae=None, images=None, captions="",
-              latent=None, conditioning=None, preview_every=0, **_unknown) -> io.NodeOutput:  # fmt: skip
-        # (with accept_all_inputs an input this node does not know arrives too; ignored, as ComfyUI does elsewhere)
+    def execute(cls, model, *, algorithm, target, exclude, steps, batch_size, learning_rate, scheduler, warmup_steps, tread_rate,
+                seed, save_name, save_every, gradient_checkpointing, precision, clip=None, vae=None, data_source=None,
+                preview_every=0, rank=None, alpha=None, lokr_factor=None, **flat_data) -> io.NodeOutput:  # fmt: skip
+        # flat_data: the data inputs of the flat layout (dataset_folder, images, …), and, with accept_all_inputs,
+        # any input this node does not know (ignored, as ComfyUI does elsewhere)
+        data = data_settings(data_source, **{k: v for k, v in flat_data.items() if k in DATA_DEFAULTS})
         try:
             algorithm, rank, alpha, lokr_factor = algorithm_settings(algorithm, rank=rank, alpha=alpha, lokr_factor=lokr_factor)
         except ValueError as exc:
-            raise _fail(str(exc)) from exc
+            raise fail(str(exc)) from exc
         hidden = getattr(cls, "hidden", None)
         unique_id = getattr(hidden, "unique_id", None) if hidden is not None else None
         device = mm.get_torch_device()
@@ -584,14 +393,11 @@ class HDMTrainLyCORIS(io.ComfyNode):
         split_save_name(save_name)  # a bad name fails before any work
         progress = Progress(None if unique_id is None else str(unique_id))
         try:
-            source = cls.dataset(
-                model, int(dm.config.ctx_dim), dataset_folder=dataset_folder, images=images, captions=captions,
-                latent=latent, conditioning=conditioning, clip=clip, vae=vae, resolution=resolution, crop=crop,
-                missing_captions=missing_captions, bracket_mode=bracket_mode, seed=seed, batch_size=int(batch_size),
-                progress=progress,
-            )  # fmt: skip
+            source = build_dataset(
+                model, int(dm.config.ctx_dim), data, clip=clip, vae=vae, seed=seed, batch_size=int(batch_size), progress=progress
+            )
         except DatasetError as exc:
-            raise _fail(str(exc)) from exc
+            raise fail(str(exc)) from exc
         progress.raise_if_interrupted()
 
         root, folder, stem = output_target(save_name)
@@ -601,13 +407,13 @@ class HDMTrainLyCORIS(io.ComfyNode):
             "hdm_dataset": source.description,
             "hdm_trained_in": f"ComfyUI ({NODE})",
         }
-        if latent is None:
-            metadata["ss_resolution"] = f"({int(resolution)}, {int(resolution)})"
+        if not source.from_latents:
+            metadata["ss_resolution"] = f"({int(data['resolution'])}, {int(data['resolution'])})"
         progress.text("reading the model's weights", force=True)
         try:
             weights = effective_weights(model)
         except Exception as exc:
-            raise _fail(f"cannot read the MODEL's weights for training ({type(exc).__name__}: {exc})") from exc
+            raise fail(f"cannot read the MODEL's weights for training ({type(exc).__name__}: {exc})") from exc
         mm.free_memory(1e30, device)  # training needs the device; the next prompt reloads what it uses
         xut = None
         try:
@@ -615,7 +421,7 @@ class HDMTrainLyCORIS(io.ComfyNode):
                 try:
                     xut = load_xut(weights, dtype=torch.float32, device=device)
                 except CheckpointError as exc:
-                    raise _fail(f"cannot build the training copy of the model: {exc}") from exc
+                    raise fail(f"cannot build the training copy of the model: {exc}") from exc
                 del weights
                 progress.stage(config.steps)
                 progress.text(f"training {adapter_cfg.algo} on {source.description}: {config.steps} steps", force=True)
@@ -628,7 +434,7 @@ class HDMTrainLyCORIS(io.ComfyNode):
                 try:
                     result = train(xut, source.data, adapter_cfg, config, device=device, callbacks=callbacks, metadata=metadata)
                 except (TrainingError, AdapterError, DatasetError) as exc:
-                    raise _fail(str(exc)) from exc
+                    raise fail(str(exc)) from exc
         finally:
             del xut
             gc.collect()

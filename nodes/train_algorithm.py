@@ -11,10 +11,10 @@ Two layouts of the same inputs, chosen by the host (``v3.DYNAMIC_INPUTS``):
   the flat defaults, and the node accepts all inputs, so a prompt saved with the flat names
   (``"rank": 8``, a literal or a link) still validates and trains with *its* values.
 
-``LEGACY_WIDGETS`` is the flat layout's widget order. The frontend restores saved
-``widgets_values`` by position and inserts a DynamicCombo's option widgets right after it, so
-``web/hdm_dynamic_combo.js`` rewrites values saved in the flat layout into the dynamic one
-(the test harness's ``dynamic_layout`` emulates it) before the frontend restores them.
+The frontend restores saved ``widgets_values`` by position and inserts a DynamicCombo's option
+widgets right after it, so web/hdm_dynamic_combo.js (with web/hdm_saved_layouts.js, which holds
+the flat layout's widget order) rewrites values saved in the flat layout into the dynamic one
+before the frontend restores them.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 from ..hdm_core.train import ALGORITHMS
 from .v3 import ADVANCED, DYNAMIC_INPUTS, dynamic_choice, io
 
-__all__ = ["ALGORITHM_INPUTS", "DEFAULTS", "LEGACY_WIDGETS", "algorithm_input", "algorithm_settings"]
+__all__ = ["ALGORITHM_INPUTS", "DEFAULTS", "algorithm_input", "algorithm_settings"]
 
 #: The inputs each algorithm uses (flat names); the dynamic layout shows only these.
 ALGORITHM_INPUTS: dict[str, tuple[str, ...]] = {
@@ -39,17 +39,6 @@ ALGORITHM_INPUTS: dict[str, tuple[str, ...]] = {
     "full": (),
 }
 assert set(ALGORITHM_INPUTS) == set(ALGORITHMS), "every algorithm needs its list of inputs"
-
-#: HDM Train LyCORIS's widget values in the flat layout, as every release so far saved them
-#: (``control_after_generate`` is the seed's control widget). Mirrored in web/hdm_dynamic_combo.js.
-LEGACY_WIDGETS: tuple[str, ...] = (
-    "dataset_folder", "resolution", "crop", "missing_captions", "bracket_mode", "algorithm", "rank", "alpha",
-    "lokr_factor", "target", "exclude", "steps", "batch_size", "learning_rate", "scheduler", "warmup_steps",
-    "tread_rate", "seed", "control_after_generate", "save_name", "save_every", "gradient_checkpointing",
-    "precision", "captions", "preview_every",
-)  # fmt: skip
-_ALGO = LEGACY_WIDGETS.index("algorithm")
-_FLAT = ("rank", "alpha", "lokr_factor")
 
 DEFAULTS: dict[str, Any] = {"rank": 16, "alpha": 8.0, "lokr_factor": -1}
 #: What ``rank`` means per algorithm (its label in the dynamic layout, and its tooltip).

@@ -17,7 +17,8 @@ from typing import Any
 from comfy_api.latest import ComfyExtension, io
 
 __all__ = [
-    "ADVANCED", "ComfyExtension", "DYNAMIC_INPUTS", "HAS_DYNAMIC_COMBO", "HAS_SEARCH_ALIASES", "check_options", "check_ranges",
+    "ADVANCED", "ComfyExtension", "DYNAMIC_INPUTS", "HAS_DYNAMIC_COMBO", "HAS_SEARCH_ALIASES", "check_inputs", "check_options",
+    "check_ranges",
     "dynamic_choice", "io", "schema",
 ]  # fmt: skip
 
@@ -105,6 +106,25 @@ def check_ranges(cls: type[io.ComfyNode], **values: Any) -> bool | str:
             kind = "a whole number" if whole else "a number"
             return f"{schema_.display_name}: {name} {value!r} must be {kind} from {low:g} to {high:g}"
     return True
+
+
+def check_inputs(cls: type[io.ComfyNode], **values: Any) -> bool | str:
+    """``True``, or a message naming the first value outside its input's options or range, nested included.
+
+    For a ``validate_inputs`` that takes ``**kwargs``: only then does ComfyUI hand it the values
+    of a DynamicCombo's options (nested, ``data_source={"data_source": "folder", "crop": …}``),
+    and it then skips its own option and range checks for every input. Top-level values are
+    checked first, then each DynamicCombo's options.
+    """
+    combos = {i.id for i in cls.define_schema().inputs if HAS_DYNAMIC_COMBO and isinstance(i, io.DynamicCombo.Input)}
+    groups = [{k: v for k, v in values.items() if k not in combos or not isinstance(v, dict)}]
+    groups += [{k: v for k, v in values[c].items() if k != c} for c in combos if isinstance(values.get(c), dict)]
+    for group in groups:
+        for check in (check_options, check_ranges):
+            message = check(cls, **group)
+            if message is not True:
+                return message
+    return check_options(cls, **{c: values[c] for c in combos if c in values})
 
 
 def dynamic_choice(name: str, value: Any, flat: dict[str, Any], defaults: dict[str, Any]) -> tuple[Any, dict[str, Any]]:

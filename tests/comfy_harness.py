@@ -24,6 +24,7 @@ import importlib
 import inspect
 import json
 import shutil
+import subprocess
 import sys
 import tempfile
 import uuid
@@ -471,10 +472,51 @@ def _expand_dynamic_combos(ordered: list, values: list) -> list:
     return out
 
 
-def flatten_dynamic(api: dict) -> dict:
-    """An API prompt with DynamicCombo option inputs under their own names (``algorithm.rank`` ->
-    ``rank``), to compare with prompts saved in the flat layout."""
-    return {k: {**v, "inputs": {n.split(".")[-1]: x for n, x in v["inputs"].items()}} for k, v in api.items()}
+def dynamic_combos(cls) -> dict[str, dict[str, list]]:
+    """The node's DynamicCombos (v0.33): ``{combo: {option: [(input, definition), …]}}``; empty elsewhere."""
+    spec = cls.INPUT_TYPES()
+    found = {}
+    for group in ("required", "optional"):
+        for name, d in spec.get(group, {}).items():
+            if d[0] == "COMFY_DYNAMICCOMBO_V3":
+                found[name] = {
+                    o["key"]: list(o["inputs"].get("required", {}).items()) + list(o["inputs"].get("optional", {}).items())
+                    for o in d[1]["options"]
+                }  # fmt: skip
+    return found
+
+
+def flat_choices(class_type: str, inputs: dict) -> dict[str, str]:
+    """The option of each DynamicCombo that a prompt saved with flat inputs stands for (the test's
+    own statement of the rule web/hdm_saved_layouts.js applies to saved UI workflows)."""
+    if class_type == "HDMTrainLyCORIS":
+        folder = isinstance(inputs.get("dataset_folder"), str) and inputs["dataset_folder"].strip() != ""
+        source = "folder" if folder else "images" if "images" in inputs else "latent" if "latent" in inputs else "folder"
+        return {"algorithm": inputs["algorithm"], "data_source": source}
+    if class_type == "HDMTipoPrompt":
+        return {"backend": "gguf" if str(inputs.get("model", "")).lower().endswith(".gguf") else "transformers"}
+    return {}
+
+
+def nest_flat_inputs(cls, class_type: str, inputs: dict) -> dict:
+    """A node's flat inputs (an older API prompt) as the frontend queues the same node on a
+    DynamicCombo host: each combo's option (:func:`flat_choices`) with its inputs as
+    ``combo.input`` (widgets the prompt lacks at their defaults), the other options' inputs left
+    out. Unchanged on hosts without DynamicCombo."""
+    combos = dynamic_combos(cls)
+    if not combos:
+        return dict(inputs)
+    chosen = flat_choices(class_type, inputs)
+    moved = {n for options in combos.values() for own in options.values() for n, _ in own}
+    out = {k: v for k, v in inputs.items() if k not in moved and k not in combos}
+    for combo, options in combos.items():
+        out[combo] = chosen[combo]
+        for n, d in options[chosen[combo]]:
+            if n in inputs:
+                out[f"{combo}.{n}"] = inputs[n]
+            elif is_widget(d):
+                out[f"{combo}.{n}"] = combo_options(d)[0] if "default" not in d[1] and combo_options(d) else d[1].get("default")
+    return out
 
 
 def ui_to_api(ui: dict, node_classes: dict) -> dict:
@@ -495,11 +537,9 @@ def ui_to_api(ui: dict, node_classes: dict) -> dict:
         spec = cls.INPUT_TYPES()
         optional = set(spec.get("optional", {}))
         ordered = list(spec.get("required", {}).items()) + list(spec.get("optional", {}).items())
+        migrated = migrate_saved_node(cls, node)  # what the pack's frontend extension does on load
+        node = migrated or node
         saved_values = list(node.get("widgets_values", []))
-        if any(d[0] == "COMFY_DYNAMICCOMBO_V3" for _, d in ordered) and node["type"] == "HDMTrainLyCORIS":
-            # what the pack's frontend extension (web/hdm_dynamic_combo.js) does to a flat layout on load
-            pack = importlib.import_module(cls.__module__.rsplit(".", 1)[0] + ".train_algorithm")
-            saved_values = dynamic_layout(pack, saved_values)
         ordered = _expand_dynamic_combos(ordered, saved_values)
         linked = {inp["name"]: links[inp["link"]] for inp in node.get("inputs", []) if inp.get("link") is not None}
         values = saved_values
@@ -526,6 +566,8 @@ def ui_to_api(ui: dict, node_classes: dict) -> dict:
                 control = values.pop(0)
                 assert control in ("fixed", "increment", "decrement", "randomize"), control
         assert not values, f"node {node['id']} ({node['type']}): unused widget values {values}"
+        for name, link in linked.items():  # a linked socket the node does not declare (the frontend sends it too)
+            inputs.setdefault(name, [str(link[1]), link[2]])
         api[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
     return api
 
@@ -635,15 +677,40 @@ def train_prompt(**inputs) -> dict:
 
 
 # ----------------------------------------------------------------------------- the frontend extension
-def dynamic_layout(ta, values: list) -> list:
-    """Saved ``widgets_values`` of the flat layout in the dynamic layout's order, as
-    web/hdm_dynamic_combo.js rewrites them on load (``ta``: the pack's nodes.train_algorithm):
-    the algorithm, then only its own options, then the rest. Values already in the dynamic
-    layout (and lokr's, the same in both) come back unchanged."""
-    own = ta.ALGORITHM_INPUTS.get(values[ta._ALGO]) if len(values) > ta._ALGO + 4 else None
-    flat = own is not None and len(values) <= len(ta.LEGACY_WIDGETS) and len(own) < len(ta._FLAT)
-    flat = flat and all(isinstance(values[ta._ALGO + 1 + i], (int, float)) for i in range(3)) and isinstance(values[ta._ALGO + 4], str)
-    if not flat:
-        return list(values)
-    by_name = dict(zip(ta.LEGACY_WIDGETS, values))
-    return [*values[: ta._ALGO + 1], *(by_name[n] for n in own), *values[ta._ALGO + 1 + len(ta._FLAT) :]]
+def saved_layouts_js(calls: list[tuple[dict, dict]]) -> dict:
+    """Run the pack's web/hdm_saved_layouts.js under Node: ``{"out": [migrateSavedNode(nodeData, info)
+    for each call], "LEGACY_WIDGETS": ...}``. The very code the frontend runs when a workflow loads,
+    so the tests that turn saved UI workflows into prompts see what a user's browser sees."""
+    node = shutil.which("node") or shutil.which("nodejs")
+    if node is None:
+        raise RuntimeError("Node.js is needed to run web/hdm_saved_layouts.js in the tests (apt-get install nodejs)")
+    with tempfile.TemporaryDirectory() as tmp:
+        module = Path(tmp) / "hdm_saved_layouts.mjs"  # .mjs: an ES module whatever package.json says
+        module.write_text((REPO / "web" / "hdm_saved_layouts.js").read_text(encoding="utf-8"), encoding="utf-8")
+        script = (
+            f"import {{ migrateSavedNode, LEGACY_WIDGETS }} from {json.dumps(module.as_uri())};"
+            "let data = ''; process.stdin.on('data', (c) => (data += c)); process.stdin.on('end', () => {"
+            "const calls = JSON.parse(data); const out = calls.map(([d, i]) => migrateSavedNode(d, i));"
+            "process.stdout.write(JSON.stringify({ out, LEGACY_WIDGETS })); });"
+        )
+        run = subprocess.run([node, "--input-type=module", "-e", script], input=json.dumps(calls), capture_output=True, text=True, timeout=60)
+    if run.returncode != 0:
+        raise RuntimeError(f"web/hdm_saved_layouts.js failed under Node: {run.stderr[-2000:]}")
+    return json.loads(run.stdout)
+
+
+def node_info(cls) -> dict:
+    """The node's definition as ComfyUI's server sends it to the frontend (``/object_info``)."""
+    if hasattr(cls, "GET_NODE_INFO_V1"):
+        return json.loads(json.dumps(cls.GET_NODE_INFO_V1()))
+    spec = cls.INPUT_TYPES()
+    return {"name": cls.__name__, "input": spec, "input_order": {k: list(v) for k, v in spec.items()}}
+
+
+def migrate_saved_node(cls, node: dict) -> dict | None:
+    """A UI workflow's node as web/hdm_dynamic_combo.js hands it to the frontend: rewritten into the
+    node's current layout when saved in an older one, else None (nothing to do)."""
+    spec = cls.INPUT_TYPES()
+    if not any(d[0] == "COMFY_DYNAMICCOMBO_V3" for group in spec.values() for d in group.values()):
+        return None  # a host without DynamicCombo: the extension does nothing
+    return saved_layouts_js([(node_info(cls), node)])["out"][0]

@@ -82,16 +82,13 @@ def decode_node(prompt: dict) -> str:
 
 
 def dynamic_train_node(cui) -> bool:
-    """Whether HDM Train LyCORIS's algorithm is a DynamicCombo on this host (nodes/train_algorithm.py)."""
-    return cui.nodes.NODE_CLASS_MAPPINGS["HDMTrainLyCORIS"].INPUT_TYPES()["required"]["algorithm"][0] == "COMFY_DYNAMICCOMBO_V3"
+    """Whether this host has DynamicCombos on the pack's nodes (nodes/v3.py DYNAMIC_INPUTS)."""
+    return bool(H.dynamic_combos(cui.nodes.NODE_CLASS_MAPPINGS["HDMTrainLyCORIS"]))
 
 
-def nest_algorithm_inputs(cui, inputs: dict) -> dict:
-    """Flat HDM Train LyCORIS inputs as the frontend queues them with the DynamicCombo: the chosen
-    algorithm's options as ``algorithm.<name>``, the others left out, the input order kept."""
-    own = cui.hdm.train_algorithm.ALGORITHM_INPUTS[inputs["algorithm"]]
-    flat = ("rank", "alpha", "lokr_factor")
-    return {f"algorithm.{k}" if k in own else k: v for k, v in inputs.items() if k not in flat or k in own}
+def nested(cui, node: dict) -> dict:
+    """A node's flat inputs as the frontend queues them on this host (``algorithm.rank`` …)."""
+    return H.nest_flat_inputs(cui.nodes.NODE_CLASS_MAPPINGS[node["class_type"]], node["class_type"], node["inputs"])
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -114,12 +111,9 @@ def test_legacy_ui_workflow_converts_to_its_api_twin_on_the_current_nodes(cui, n
     """The frontend fills widgets by position: the old widgets_values must land on the same inputs."""
     ui = json.loads((LEGACY / f"{name}.json").read_text())
     api = json.loads((LEGACY / "api" / f"{name}.json").read_text())
-    dynamic = dynamic_train_node(cui)
     converted = H.ui_to_api(ui, cui.nodes.NODE_CLASS_MAPPINGS)
-    expected = {k: {"class_type": v["class_type"], "inputs": copy.deepcopy(v["inputs"])} for k, v in api.items()}
-    for node_id, node in expected.items():
-        if node["class_type"] == "HDMTrainLyCORIS" and dynamic:  # the chosen algorithm's options, under the DynamicCombo's names
-            node["inputs"] = nest_algorithm_inputs(cui, node["inputs"])
+    # with DynamicCombos: each combo's option and its inputs under the combo's names
+    expected = {k: {"class_type": v["class_type"], "inputs": nested(cui, copy.deepcopy(v))} for k, v in api.items()}
     # inputs added since (optional, last) take their defaults, as the frontend gives them
     for node_id, node in converted.items():
         for input_name in set(node["inputs"]) - set(expected[node_id]["inputs"]):
@@ -132,13 +126,15 @@ def test_legacy_ui_workflow_converts_to_its_api_twin_on_the_current_nodes(cui, n
 
 def test_training_workflow_queued_with_the_dynamic_combo_names_gives_the_recorded_image(cui):
     """The API prompt the frontend queues for the legacy training workflow on a DynamicCombo host
-    (``algorithm.rank`` …, tests/test_workflows_frontend.py) trains the same adapter as the flat one."""
+    (``algorithm.rank``, ``data_source.dataset_folder`` …, tests/test_workflows_frontend.py) trains
+    the same adapter as the flat one."""
     if not dynamic_train_node(cui):
         pytest.skip("this ComfyUI has no DynamicCombo: HDM Train LyCORIS keeps its flat inputs")
     prompt = prepare(cui, "hdm_train_lycoris")
     train_id = H.find_node(prompt, "HDMTrainLyCORIS")
-    prompt[train_id]["inputs"] = nest_algorithm_inputs(cui, prompt[train_id]["inputs"])
-    assert "algorithm.rank" in prompt[train_id]["inputs"] and "rank" not in prompt[train_id]["inputs"]
+    prompt[train_id]["inputs"] = nested(cui, prompt[train_id])
+    inputs = prompt[train_id]["inputs"]
+    assert "algorithm.rank" in inputs and "data_source.dataset_folder" in inputs and not {"rank", "dataset_folder"} & set(inputs)
     result = cui.run(prompt, {"image": (decode_node(prompt), 0)})
     assert result.ok, result.error() or result.validation
     reference = json.loads(REFERENCE.read_text())[comfyui_version(cui)]["hdm_train_lycoris"]

@@ -174,10 +174,9 @@ def test_ui_workflow_has_no_missing_nodes_and_matches_its_api_twin(cui, name):
                 assert input_name in connected, f"{where}: required input {input_name} is not connected"
     # The API twin is the same graph with the same values, and every widget value is valid.
     api = H.load_api_workflow(name)
-    converted = H.flatten_dynamic(H.ui_to_api(ui, classes))
-    for node_id, node in api.items():  # with a DynamicCombo, only the chosen algorithm's options are queued
-        if any(d[0] == "COMFY_DYNAMICCOMBO_V3" for d in classes[node["class_type"]].INPUT_TYPES()["required"].values()):
-            node["inputs"] = {k: v for k, v in node["inputs"].items() if k in converted[node_id]["inputs"] or k not in ("rank", "alpha", "lokr_factor")}
+    converted = H.ui_to_api(ui, classes)
+    for node_id, node in api.items():  # with DynamicCombos: each combo's option, its inputs as combo.input
+        node["inputs"] = H.nest_flat_inputs(classes[node["class_type"]], node["class_type"], node["inputs"])
     for node_id, node in converted.items():  # optional inputs added later (last) keep their defaults in both
         optional = classes[node["class_type"]].INPUT_TYPES().get("optional", {})
         for input_name in [k for k in node["inputs"] if k not in api[node_id]["inputs"] and k in optional]:
@@ -190,7 +189,7 @@ def test_ui_workflow_has_no_missing_nodes_and_matches_its_api_twin(cui, name):
             if isinstance(value, list):  # a link: [source node id, output index]
                 assert len(value) == 2 and value[0] in converted and isinstance(value[1], int)
                 continue
-            check_widget_value(f"{name}: node {node_id} ({node['class_type']}).{input_name}", spec[input_name], value)
+            check_widget_value(f"{name}: node {node_id} ({node['class_type']}).{input_name}", spec[input_name.split(".")[-1]], value)
     titles = {str(n["id"]): n.get("title") for n in ui["nodes"]}
     for node_id, node in api.items():
         assert node["_meta"]["title"] == (titles[node_id] or cui.nodes.NODE_DISPLAY_NAME_MAPPINGS.get(node["class_type"], node["class_type"]))
