@@ -472,9 +472,10 @@ def _expand_dynamic_combos(ordered: list, values: list) -> list:
     return out
 
 
-def dynamic_combos(cls) -> dict[str, dict[str, list]]:
-    """The node's DynamicCombos (v0.33): ``{combo: {option: [(input, definition), …]}}``; empty elsewhere."""
-    spec = cls.INPUT_TYPES()
+def dynamic_combos(node) -> dict[str, dict[str, list]]:
+    """The DynamicCombos (v0.33) of a node class or of its input spec (``INPUT_TYPES()``, or
+    ``/object_info``'s ``input``): ``{combo: {option: [(input, definition), …]}}``; empty elsewhere."""
+    spec = node.INPUT_TYPES() if hasattr(node, "INPUT_TYPES") else node
     found = {}
     for group in ("required", "optional"):
         for name, d in spec.get(group, {}).items():
@@ -498,12 +499,12 @@ def flat_choices(class_type: str, inputs: dict) -> dict[str, str]:
     return {}
 
 
-def nest_flat_inputs(cls, class_type: str, inputs: dict) -> dict:
+def nest_flat_inputs(node, class_type: str, inputs: dict) -> dict:
     """A node's flat inputs (an older API prompt) as the frontend queues the same node on a
     DynamicCombo host: each combo's option (:func:`flat_choices`) with its inputs as
     ``combo.input`` (widgets the prompt lacks at their defaults), the other options' inputs left
-    out. Unchanged on hosts without DynamicCombo."""
-    combos = dynamic_combos(cls)
+    out. Unchanged on hosts without DynamicCombo. ``node``: as for :func:`dynamic_combos`."""
+    combos = dynamic_combos(node)
     if not combos:
         return dict(inputs)
     chosen = flat_choices(class_type, inputs)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+import hdm_comfy_harness as H  # registered by tests/conftest.py
+
 FRONTEND = Path(__file__).resolve().parent / "frontend"
 sys.path.insert(0, str(FRONTEND))
 try:
@@ -28,25 +30,10 @@ NAMES = sorted(p.stem for p in F.WORKFLOWS.glob("*.json"))
 VIEWPORT = (1600, 900)
 LEGACY = Path(__file__).resolve().parent / "fixtures" / "legacy_workflows"
 LEGACY_NAMES = sorted(p.stem for p in LEGACY.glob("*.json") if p.stem != "reference_outputs")
-#: HDM Train LyCORIS's widgets in the flat layout (nodes/train_algorithm.py LEGACY_WIDGETS; the
-#: test there checks this copy, the pack's and web/hdm_dynamic_combo.js's agree).
-TRAIN_LEGACY_WIDGETS = (
-    "dataset_folder", "resolution", "crop", "missing_captions", "bracket_mode", "algorithm", "rank", "alpha",
-    "lokr_factor", "target", "exclude", "steps", "batch_size", "learning_rate", "scheduler", "warmup_steps",
-    "tread_rate", "seed", "control_after_generate", "save_name", "save_every", "gradient_checkpointing",
-    "precision", "captions", "preview_every",
-)  # fmt: skip
-
-
 def host_has_dynamic_combo(comfyui_path: Path) -> bool:
     """Whether this ComfyUI gives HDM Train LyCORIS its DynamicCombo (nodes/v3.py DYNAMIC_INPUTS)."""
     source = (comfyui_path / "comfy_api" / "latest" / "_io.py").read_text()
     return "class DynamicCombo" in source and "accept_all_inputs" in source
-
-
-def train_widgets_by_legacy_name(drawn_node: dict) -> dict:
-    """The drawn HDM Train LyCORIS's widget values under their flat names ("algorithm.rank" -> "rank")."""
-    return {w["name"].removeprefix("algorithm."): w["value"] for w in drawn_node["widgets"]}
 
 
 def squeezed_train_workflow(tmp: Path) -> Path:
@@ -90,12 +77,14 @@ def drawn(comfyui_path, tmp_path_factory):
         files = {n: F.WORKFLOWS / f"{n}.json" for n in NAMES}
         files["squeezed_train"] = squeezed_train_workflow(tmp_path_factory.mktemp("frontend"))
         files.update({f"legacy/{n}": LEGACY / f"{n}.json" for n in LEGACY_NAMES})
+        files.update(other_source_workflows(tmp_path_factory.mktemp("sources")))
         report = F.draw(srv.url, files, tools, viewport=VIEWPORT)
     finally:
         srv.stop()
     report["templates"] = templates
     report["dynamic"] = host_has_dynamic_combo(comfyui_path)
     report["object_info"] = object_info
+    report["legacy_widgets"] = H.saved_layouts_js([])["LEGACY_WIDGETS"]  # (web/hdm_saved_layouts.js)
     assert not report["page_errors"], report["page_errors"]
     assert report["title_height"] > 0
     return report
@@ -151,28 +140,96 @@ def test_frontend_knows_every_node_and_keeps_every_widget_value(drawn, name):
     for n in drawn["workflows"][name]["nodes"]:
         assert n["registered"], f"{name}: the frontend has no node type {n['type']}"
         values = by_id[n["id"]].get("widgets_values", [])
-        if n["type"] == "HDMTrainLyCORIS" and drawn["dynamic"]:  # saved flat, shown and saved again in the DynamicCombo layout
-            assert_train_widgets_are_the_saved_values(n, values, f"{name}: node {n['id']}")
+        if n["type"] in drawn["legacy_widgets"] and drawn["dynamic"]:  # saved flat, shown and saved again in the DynamicCombo layout
+            assert_widgets_show_saved_values(drawn, n, values, f"{name}: node {n['id']}")
             continue
         assert n["widgets_values"][: len(values)] == values, f"{name}: node {n['id']} ({n['title']})"
 
 
-def assert_train_widgets_are_the_saved_values(drawn_node: dict, values: list, where: str) -> None:
-    """Every widget of HDM Train LyCORIS shows the value saved under its flat name; with the
-    DynamicCombo, exactly the chosen algorithm's options are there (web/hdm_dynamic_combo.js)."""
-    saved_values = dict(zip(TRAIN_LEGACY_WIDGETS, values))
-    shown = train_widgets_by_legacy_name(drawn_node)
+def definitions(spec: dict) -> dict:
+    """Every input definition of a node's ``/object_info`` spec by name, DynamicCombo options' included."""
+    found = {**spec.get("required", {}), **spec.get("optional", {})}
+    for options in H.dynamic_combos(spec).values():
+        for own in options.values():
+            for n, d in own:
+                found.setdefault(n, d)
+    return found
+
+
+def assert_widgets_show_saved_values(drawn: dict, drawn_node: dict, values: list, where: str) -> None:
+    """A node saved in a flat layout (web/hdm_saved_layouts.js LEGACY_WIDGETS) shows every saved
+    value in the widget of that name; each DynamicCombo shows exactly its chosen option's widgets
+    (``data_source.crop`` …); a saved value not shown belongs to an option not chosen, and a widget
+    added since shows its default."""
+    spec = drawn["object_info"][drawn_node["type"]]["input"]
+    combos, defs = H.dynamic_combos(spec), definitions(spec)
+    saved_values = dict(zip(drawn["legacy_widgets"][drawn_node["type"]], values))
     names = [w["name"] for w in drawn_node["widgets"]]
-    if "algorithm.rank" in names or "rank" not in names:  # the DynamicCombo layout
-        own = {"lora": 2, "locon": 2, "loha": 2, "dora": 2, "glora": 2, "lokr": 3, "diag-oft": 1, "boft": 1, "full": 0}[saved_values["algorithm"]]
-        assert [n for n in names if n.startswith("algorithm.")] == [f"algorithm.{k}" for k in ("rank", "alpha", "lokr_factor")[:own]], (where, names)
+    shown = {w["name"].split(".")[-1]: w["value"] for w in drawn_node["widgets"]}
+    for combo, options in combos.items():
+        assert shown[combo] in options, (where, combo, shown[combo])
+        own = [f"{combo}.{n}" for n, d in options[shown[combo]] if H.is_widget(d)]
+        assert [n for n in names if n.startswith(f"{combo}.")] == own, (where, names)
     for name, value in shown.items():
-        if name in saved_values:
-            assert value == pytest.approx(saved_values[name]) if isinstance(value, float) else value == saved_values[name], (where, name, value, saved_values[name])
-        else:
-            assert name == "preview_every" and value == 0, (where, name, value)  # added since, at its default
-    missing = set(saved_values) - set(shown) - {"rank", "alpha", "lokr_factor"}
-    assert not missing, (where, missing)
+        if name in combos:
+            continue
+        expected = saved_values[name] if name in saved_values else defs[name][1].get("default")  # added since: its default
+        assert value == pytest.approx(expected) if isinstance(value, float) else value == expected, (where, name, value, expected)
+    moved = {n for options in combos.values() for own in options.values() for n, _ in own}
+    assert set(saved_values) - set(shown) <= moved, (where, set(saved_values) - set(shown))
+
+
+def other_source_workflows(tmp: Path) -> dict[str, Path]:
+    """The legacy training workflow saved with its other data sources: an IMAGE batch (EmptyImage,
+    captions in the text box) and latents (EmptyLatentImage + HDM Text Encode's conditioning), both
+    linked to the flat sockets ``images`` / ``latent`` + ``conditioning``."""
+    out = {}
+    for source in ("images", "latent"):
+        ui = json.loads((LEGACY / "hdm_train_lycoris.json").read_text())
+        nodes = {n["id"]: n for n in ui["nodes"]}
+        train = next(n for n in ui["nodes"] if n["type"] == "HDMTrainLyCORIS")
+        train["widgets_values"][0] = ""  # no folder
+        links = [("images", 10, 0, "IMAGE")] if source == "images" else [("latent", 5, 0, "LATENT"), ("conditioning", 3, 0, "CONDITIONING")]
+        if source == "images":
+            train["widgets_values"][23] = "1girl, smile"
+            ui["nodes"].append({"id": 10, "type": "EmptyImage", "pos": [40, 700], "size": [300, 130], "flags": {}, "order": 0, "mode": 0,
+                                "inputs": [], "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": []}], "properties": {},
+                                "widgets_values": [64, 64, 2, 0]})  # fmt: skip
+            nodes[10] = ui["nodes"][-1]
+        for i, (name, origin, slot, kind) in enumerate(links):
+            link_id = ui["last_link_id"] + 1 + i
+            target_slot = next(k for k, inp in enumerate(train["inputs"]) if inp["name"] == name)
+            train["inputs"][target_slot]["link"] = link_id
+            nodes[origin]["outputs"][slot].setdefault("links", []).append(link_id)
+            ui["links"].append([link_id, origin, slot, train["id"], target_slot, kind])
+        ui["last_link_id"] += len(links)
+        ui["last_node_id"] = max(nodes)
+        path = tmp / f"train_from_{source}.json"
+        path.write_text(json.dumps(ui))
+        out[f"sources/{source}"] = path
+    return out
+
+
+@pytest.mark.parametrize("source", ["images", "latent"])
+def test_a_workflow_saved_with_another_data_source_keeps_its_links(drawn, source):
+    """The flat ``images`` / ``latent`` + ``conditioning`` sockets, linked, become the data_source
+    DynamicCombo's sockets on load, with their links: the frontend queues the same sources."""
+    workflow = drawn["workflows"][f"sources/{source}"]
+    train = next(n for n in workflow["nodes"] if n["type"] == "HDMTrainLyCORIS")
+    queued = workflow["prompt"][str(train["id"])]["inputs"]
+    expected = {"images": ["10", 0]} if source == "images" else {"latent": ["5", 0], "conditioning": ["3", 0]}
+    if not drawn["dynamic"]:
+        assert {k: queued[k] for k in expected} == expected and queued["dataset_folder"] == ""
+        return
+    assert queued["data_source"] == source
+    assert {k: queued[f"data_source.{k}"] for k in expected} == expected
+    assert not {"images", "latent", "conditioning", "dataset_folder", "data_source.dataset_folder"} & set(queued)
+    if source == "images":
+        assert queued["data_source.captions"] == "1girl, smile" and queued["data_source.resolution"] == 1024
+    values = json.loads((LEGACY / "hdm_train_lycoris.json").read_text())
+    values = next(n for n in values["nodes"] if n["type"] == "HDMTrainLyCORIS")["widgets_values"]
+    values = ["", *values[1:23], "1girl, smile" if source == "images" else "", *values[24:]]
+    assert_widgets_show_saved_values(drawn, train, values, f"sources/{source}")
 
 
 @pytest.mark.parametrize("name", LEGACY_NAMES)
@@ -184,8 +241,8 @@ def test_legacy_ui_workflows_show_their_saved_values(drawn, name):
     for n in drawn["workflows"][f"legacy/{name}"]["nodes"]:
         assert n["registered"], n["type"]
         values = by_id[n["id"]].get("widgets_values", [])
-        if n["type"] == "HDMTrainLyCORIS":
-            assert_train_widgets_are_the_saved_values(n, values, f"{name}: node {n['id']}")
+        if n["type"] in drawn["legacy_widgets"] and drawn["dynamic"]:
+            assert_widgets_show_saved_values(drawn, n, values, f"{name}: node {n['id']}")
         else:
             assert n["widgets_values"][: len(values)] == values, f"{name}: node {n['id']} ({n['title']})"
 
@@ -193,21 +250,17 @@ def test_legacy_ui_workflows_show_their_saved_values(drawn, name):
 @pytest.mark.parametrize("name", LEGACY_NAMES)
 def test_legacy_ui_workflows_queue_the_inputs_of_their_api_twins(drawn, name):
     """What the frontend queues for a legacy UI workflow (app.graphToPrompt) is its API twin: the
-    same values, HDM Train LyCORIS's algorithm options under the DynamicCombo's names
-    ("algorithm.rank") where the host has it; inputs added since at their defaults.
+    same values, the inputs that moved into DynamicCombos under the combos' names
+    ("algorithm.rank", "data_source.dataset_folder") where the host has them; inputs added since at their defaults.
     tests/test_comfy_legacy_workflows.py runs both forms."""
     api = json.loads((LEGACY / "api" / f"{name}.json").read_text())
     queued = drawn["workflows"][f"legacy/{name}"]["prompt"]
     assert set(queued) == set(api)
     for node_id, node in api.items():
-        got = {k.removeprefix("algorithm.") if node["class_type"] == "HDMTrainLyCORIS" else k: v for k, v in queued[node_id]["inputs"].items()}
-        want = dict(node["inputs"])
-        if node["class_type"] == "HDMTrainLyCORIS" and drawn["dynamic"]:
-            assert any(k.startswith("algorithm.") for k in queued[node_id]["inputs"]) or want["algorithm"] == "full"
-            own = {"lora": 2, "locon": 2, "loha": 2, "dora": 2, "glora": 2, "lokr": 3, "diag-oft": 1, "boft": 1, "full": 0}[want["algorithm"]]
-            for dropped in ("rank", "alpha", "lokr_factor")[own:]:
-                want.pop(dropped)
-        optional = drawn["object_info"][node["class_type"]]["input"].get("optional", {})
+        spec = drawn["object_info"][node["class_type"]]["input"]
+        want = H.nest_flat_inputs(spec, node["class_type"], node["inputs"])  # unchanged without DynamicCombos
+        got = queued[node_id]["inputs"]
+        optional = spec.get("optional", {})
         for added in set(got) - set(want):  # inputs added since: optional, at their defaults
             assert added in optional and got[added] == optional[added][1].get("default"), (name, node_id, added)
             want[added] = got[added]
