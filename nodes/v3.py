@@ -104,7 +104,7 @@ def check_ranges(cls: type[io.ComfyNode], **values: Any) -> bool | str:
         low, high = input_.min, input_.max
         if (low is not None and number < low) or (high is not None and number > high) or (whole and number != int(number)):
             kind = "a whole number" if whole else "a number"
-            return f"{schema_.display_name}: {name} {value!r} must be {kind} from {low:g} to {high:g}"
+            return f"{schema_.display_name}: {name} {value!r} must be {kind} from {_number(low)} to {_number(high)}"
     return True
 
 
@@ -125,6 +125,13 @@ def check_inputs(cls: type[io.ComfyNode], **values: Any) -> bool | str:
             if message is not True:
                 return message
     return check_options(cls, **{c: values[c] for c in combos if c in values})
+
+
+def _number(x: float | None) -> str:
+    """A bound as people write it: 1000000, not 1e+06; 0.95, not 0.9500000001."""
+    if x is None:
+        return "any"
+    return str(int(x)) if float(x).is_integer() else f"{x:.10g}"
 
 
 def dynamic_choice(name: str, value: Any, flat: dict[str, Any], defaults: dict[str, Any]) -> tuple[Any, dict[str, Any]]:

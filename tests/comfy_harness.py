@@ -227,12 +227,22 @@ class Comfy:
         self.folder_paths = folder_paths
 
         # ComfyUI's main.py imports its top-level ``utils`` package before ``nodes``, which
-        # (in 0.3.x) puts comfy/ first on sys.path, where comfy/utils.py would shadow it.
+        # (in 0.3.x) puts comfy/ first on sys.path, where comfy/utils.py would shadow it. A test
+        # that reached ComfyUI's ``nodes`` before (tests/tipo run alone) has already done that, so
+        # comfy/ is kept off sys.path while ``utils`` is imported.
         if (comfyui_path / "utils" / "__init__.py").is_file():
-            importlib.import_module("utils")
-            for sub in ("extra_config", "install_util"):
-                if (comfyui_path / "utils" / f"{sub}.py").is_file():
-                    importlib.import_module(f"utils.{sub}")
+            shadow = (comfyui_path / "comfy").resolve()
+            saved_path = list(sys.path)
+            sys.path[:] = [p for p in sys.path if not p or Path(p).resolve() != shadow]
+            if not hasattr(sys.modules.get("utils"), "__path__"):
+                sys.modules.pop("utils", None)  # comfy/utils.py under the wrong name
+            try:
+                importlib.import_module("utils")
+                for sub in ("extra_config", "install_util"):
+                    if (comfyui_path / "utils" / f"{sub}.py").is_file():
+                        importlib.import_module(f"utils.{sub}")
+            finally:
+                sys.path[:] = saved_path
         import server
 
         self.server = StubServer()

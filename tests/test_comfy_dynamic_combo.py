@@ -185,6 +185,10 @@ def test_each_data_source_trains_the_same_adapter_flat_or_chosen_in_the_combo(cu
         ({"crop": "circle"}, "crop 'circle' is not one of the options (bucket, square)"),
         ({"missing_captions": "skip"}, "missing_captions 'skip' is not one of the options (error, empty)"),
         ({"dataset_folder": "no_such_folder"}, "no_such_folder does not exist"),
+        # ComfyUI leaves every check to a validate_inputs that takes **kwargs: the node checks all
+        ({"steps": 0}, "steps 0 must be a whole number from 1 to 1000000"),
+        ({"tread_rate": 0.99}, "tread_rate 0.99 must be a number from 0 to 0.95"),
+        ({"scheduler": "exp"}, "scheduler 'exp' is not one of the options"),
     ],
 )
 def test_bad_flat_values_are_refused_when_queued_on_every_host(cui, v3_dataset, inputs, message):
