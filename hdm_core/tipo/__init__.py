@@ -18,7 +18,7 @@ Importing this package imports neither tipo-kgen nor transformers nor llama-cpp-
 """
 
 from .errors import TipoDependencyError, TipoError, TipoLengthError, TipoModelError
-from .loader import clear_cache, find_models, load_tipo, no_model_message, resolve_device, resolve_dtype, resolve_model
+from .loader import clear_cache, find_models, load_tipo, model_kind, no_model_message, resolve_device, resolve_dtype, resolve_model
 from .prompt import HDM_TEMPLATE, NL_CATEGORIES, PLACEHOLDERS, TAG_CATEGORIES, check_template, render_template
 from .runner import LENGTHS, TipoPass, TipoResult, TipoSettings, expand, expand_prompt, format_only
 
@@ -42,6 +42,7 @@ __all__ = [
     "find_models",
     "format_only",
     "load_tipo",
+    "model_kind",
     "no_model_message",
     "render_template",
     "resolve_device",

@@ -81,6 +81,15 @@ def find_models(folders: Iterable[str | os.PathLike]) -> dict[str, Path]:
     return dict(sorted(found.items(), key=lambda kv: kv[0].lower()))
 
 
+def model_kind(path: str | os.PathLike) -> str:
+    """``"gguf"`` for a ``.gguf`` file (llama-cpp-python), ``"transformers"`` for a model folder.
+
+    The node's backend choice and :func:`load_tipo` must agree on what a path is, so both ask here.
+    """
+    path = Path(path)
+    return "gguf" if path.suffix.lower() == GGUF_SUFFIX and not path.is_dir() else "transformers"
+
+
 def no_model_message(folders: Iterable[str | os.PathLike]) -> str:
     where = ", ".join(str(f) for f in folders) or "(no folder configured)"
     return f"No TIPO model found in {where}. {WHERE_TO_GET}."
@@ -264,7 +273,7 @@ def load_tipo(
     if not path.exists():
         raise TipoModelError(f"TIPO model {path} does not exist. {WHERE_TO_GET}.")
     dev = resolve_device(device)
-    is_gguf = path.is_file() and path.suffix.lower() == GGUF_SUFFIX
+    is_gguf = path.is_file() and model_kind(path) == "gguf"
     if path.is_file() and not is_gguf:
         raise TipoModelError(f"{path} is neither a .gguf file nor a TIPO model folder. {WHERE_TO_GET}.")
     dt = None if is_gguf else resolve_dtype(dtype, dev)

@@ -136,6 +136,14 @@ def _tipo_inputs(**overrides):
     return inputs
 
 
+def _model_options(node) -> list:
+    """The model list(s) a user picks from: the flat ``model`` combo, or each backend's (DynamicCombo hosts)."""
+    spec = node.INPUT_TYPES()
+    if "model" in spec["required"]:
+        return spec["required"]["model"][1]["options"]
+    return [name for option in spec["optional"]["backend"][1]["options"] for name in option["inputs"]["optional"]["model"][1]["options"]]
+
+
 def test_node_definitions(comfy):
     tipo_node = comfy.nodes.NODE_CLASS_MAPPINGS["HDMTipoPrompt"]
     format_node = comfy.nodes.NODE_CLASS_MAPPINGS["HDMPromptFormat"]
@@ -145,7 +153,7 @@ def test_node_definitions(comfy):
         assert node.CATEGORY == "HDM" and tuple(node.RETURN_NAMES) == ("prompt", "prompt_unescaped", "categories")
         for name, spec in node.INPUT_TYPES()["required"].items():
             assert spec[1].get("tooltip"), f"{node.__name__}.{name} has no tooltip"
-    assert "tiny-tipo" in tipo_node.INPUT_TYPES()["required"]["model"][1]["options"]
+    assert "tiny-tipo" in _model_options(tipo_node)
     assert comfy.folder_paths.get_folder_paths("tipo")[0].endswith("tipo")  # models/tipo registered first
 
 
@@ -206,7 +214,8 @@ def test_node_errors_reach_the_user(comfy, tmp_path):
     saved = list(paths)
     paths[:] = [str(tmp_path)]
     try:
-        assert node.INPUT_TYPES()["required"]["model"][1]["options"] == ["(no TIPO model in models/tipo)"]
+        placeholders = (["(no TIPO model in models/tipo)"], ["(no TIPO model folder in models/tipo)", "(no .gguf TIPO model in models/tipo)"])
+        assert _model_options(node) in placeholders  # (flat host, DynamicCombo host)
         # refused before the graph runs, with the message running it would give
         message = node.validate_inputs(model="(no TIPO model in models/tipo)", format="<|general|>")
         assert message.startswith(f"No TIPO model found in {tmp_path}. Download a TIPO model into it")
