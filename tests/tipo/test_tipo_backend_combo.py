@@ -151,6 +151,7 @@ def test_the_flat_layout_is_todays_with_precision_last(cui, both):
     precision = spec["optional"]["precision"]
     assert H.combo_options(precision) == PRECISIONS and precision[1]["default"] == "auto"
     assert "fp32 on the CPU" in precision[1]["tooltip"] and "Ignored for a .gguf file" in precision[1]["tooltip"]
+    assert precision[1].get("advanced", False) == bool(pack(cui).ADVANCED)  # drawn on request where the host has the flag
     assert H.combo_options(spec["required"]["model"]) == [FOLDER, GGUF]  # folders and .gguf files in one list
     assert H.combo_options(spec["required"]["device"]) == ["auto", "cpu"]
 
