@@ -2,7 +2,7 @@
 that shows only the chosen backend's options where ComfyUI has one (v0.33), the flat inputs
 plus ``precision`` elsewhere (0.3.64), and API prompts saved in the flat layout working on both.
 
-See the module docstring of nodes/tipo.py. The models: the tiny random TIPO folder from
+See the module docstring of nodes/tipo_backend.py. The models: the tiny random TIPO folder from
 ``conftest.py`` (copied into a models/tipo folder of this module) and a ``.gguf`` file run
 by a stand-in llama_cpp. Run with ``COMFYUI_PATH=~/ComfyUI-0.3.64`` for the old host.
 """
@@ -146,7 +146,7 @@ def test_the_flat_layout_is_todays_with_precision_last(cui, both):
     if dynamic(cui):
         pytest.skip("this ComfyUI has DynamicCombo: see the dynamic layout's test")
     spec = node(cui).INPUT_TYPES()
-    assert tuple(widget_names(spec)) == (*pack(cui).LEGACY_WIDGETS, "precision")
+    assert tuple(widget_names(spec)) == (*pack(cui).tb.LEGACY_WIDGETS, "precision")
     assert list(spec["optional"]) == ["precision"]  # optional: workflows saved without it validate (default auto)
     precision = spec["optional"]["precision"]
     assert H.combo_options(precision) == PRECISIONS and precision[1]["default"] == "auto"
