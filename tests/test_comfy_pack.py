@@ -53,6 +53,18 @@ def input_spec(cls) -> dict:
     return out
 
 
+def definition_of(cls, inputs: dict, name: str):
+    """The definition of a prompt's input ``name``; ``combo.input`` from the option the prompt chose
+    (options may share an input name with other definitions, e.g. HDM TIPO Prompt's ``backend.model``)."""
+    if "." not in name:
+        return input_spec(cls)[name]
+    combo, sub = name.split(".", 1)
+    spec = cls.INPUT_TYPES()
+    options = {o["key"]: o["inputs"] for o in {**spec.get("required", {}), **spec.get("optional", {})}[combo][1]["options"]}
+    chosen = options[inputs[combo]]
+    return {**chosen.get("required", {}), **chosen.get("optional", {})}[sub]
+
+
 is_widget = H.is_widget
 
 
@@ -184,12 +196,12 @@ def test_ui_workflow_has_no_missing_nodes_and_matches_its_api_twin(cui, name):
             del node["inputs"][input_name]
     assert converted == {k: {kk: vv for kk, vv in v.items() if kk != "_meta"} for k, v in api.items()}
     for node_id, node in converted.items():
-        spec = input_spec(classes[node["class_type"]])
         for input_name, value in node["inputs"].items():
             if isinstance(value, list):  # a link: [source node id, output index]
                 assert len(value) == 2 and value[0] in converted and isinstance(value[1], int)
                 continue
-            check_widget_value(f"{name}: node {node_id} ({node['class_type']}).{input_name}", spec[input_name.split(".")[-1]], value)
+            definition = definition_of(classes[node["class_type"]], node["inputs"], input_name)
+            check_widget_value(f"{name}: node {node_id} ({node['class_type']}).{input_name}", definition, value)
     titles = {str(n["id"]): n.get("title") for n in ui["nodes"]}
     for node_id, node in api.items():
         assert node["_meta"]["title"] == (titles[node_id] or cui.nodes.NODE_DISPLAY_NAME_MAPPINGS.get(node["class_type"], node["class_type"]))
