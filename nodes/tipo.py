@@ -18,7 +18,7 @@ import comfy.model_management
 
 from ..hdm_core import tipo as core
 from . import tipo_backend as tb
-from .v3 import ADVANCED, DYNAMIC_INPUTS, check_options, check_ranges, io, schema
+from .v3 import ADVANCED, DYNAMIC_INPUTS, check_inputs, io, schema
 
 _OUTPUT_TOOLTIPS = (
     "The prompt in HDM's layout, with literal brackets escaped as \\( \\) so ComfyUI's text encoders do not read "
@@ -146,11 +146,7 @@ class HDMTipoPrompt(io.ComfyNode):
         except core.TipoError as exc:
             return str(exc)
         checked = _check_format(format)
-        if checked is True:
-            checked = check_ranges(cls, **values)
-        if checked is True:
-            checked = check_options(cls, backend=backend, **values)
-        return checked
+        return checked if checked is not True else check_inputs(cls, backend=backend, **values)
 
     @classmethod
     def execute(cls, tags, nl_prompt, ban_tags, format, tag_length, nl_length, width, height, temperature, top_p, top_k,

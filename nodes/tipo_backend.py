@@ -13,9 +13,8 @@ LyCORIS's ``algorithm`` does (see ``train_algorithm``):
   node accepts all inputs, so an API prompt saved in the flat layout (``"model": ...``, no
   backend) still validates and runs, the backend following its model file.
 
-``LEGACY_WIDGETS`` is the flat layout's widget order as every release before ``precision`` saved
-it (``control_after_generate`` is the seed's control widget), for the frontend's migration of
-saved UI workflows.
+UI workflows saved in the flat layout are rewritten into the dynamic one on load by
+web/hdm_dynamic_combo.js (web/hdm_saved_layouts.js holds the flat layout's widget order).
 
 TIPO models live in ``models/tipo`` (registered here as the ``tipo`` model folder, so
 ``extra_model_paths.yaml`` can add more).
@@ -33,7 +32,7 @@ from ..hdm_core import tipo as core
 from .v3 import ADVANCED, dynamic_choice, io
 
 __all__ = [
-    "BACKENDS", "DEVICES", "FOLDER", "LEGACY_WIDGETS", "NO_MODEL", "NO_MODEL_OF", "PRECISIONS", "backend_input",
+    "BACKENDS", "DEVICES", "FOLDER", "NO_MODEL", "NO_MODEL_OF", "PRECISIONS", "backend_input",
     "check_model", "choose", "device_input", "folders", "model_input", "model_names", "models", "precision_input",
     "resolve",
 ]  # fmt: skip
@@ -45,11 +44,6 @@ NO_MODEL_OF = {"transformers": "(no TIPO model folder in models/tipo)", "gguf": 
 BACKENDS = ("transformers", "gguf")
 DEVICES = ["auto", "cpu"]
 PRECISIONS = ["auto", "fp32", "bf16", "fp16"]
-LEGACY_WIDGETS: tuple[str, ...] = (
-    "tags", "nl_prompt", "ban_tags", "model", "format", "tag_length", "nl_length", "width", "height", "temperature",
-    "top_p", "top_k", "min_p", "seed", "control_after_generate", "device", "max_retry", "max_new_tokens",
-    "length_check", "escape_brackets",
-)  # fmt: skip
 
 #: What a backend's model is, for messages.
 _KIND_NAME = {"transformers": "a transformers model folder", "gguf": "a .gguf file"}

@@ -63,25 +63,47 @@ def _inputs_by_id(schema_: io.Schema) -> dict[str, io.Input]:
     return found
 
 
+def _option_problem(node: str, by_id: dict[str, io.Input], values: dict[str, Any]) -> str | None:
+    for name, value in values.items():
+        input_ = by_id.get(name)
+        options = getattr(input_, "options", None)
+        if options is not None and HAS_DYNAMIC_COMBO and isinstance(input_, io.DynamicCombo.Input):
+            options = [o.key for o in options]  # a DynamicCombo's options are its keys
+            value = value.get(name) if isinstance(value, dict) else value  # arrives nested as {name: key, ...}
+        if value is None or isinstance(value, list) or options is None or value in options:
+            continue
+        shown = ", ".join(map(str, options[:20])) + (f" … ({len(options)} in all)" if len(options) > 20 else "")
+        return f"{node}: {name} '{value}' is not one of the options ({shown})"
+    return None
+
+
+def _range_problem(node: str, by_id: dict[str, io.Input], values: dict[str, Any]) -> str | None:
+    for name, value in values.items():
+        input_ = by_id.get(name)
+        whole = isinstance(input_, io.Int.Input)
+        if value is None or isinstance(value, (dict, list)) or not (whole or isinstance(input_, io.Float.Input)):
+            continue
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return f"{node}: {name} {value!r} is not a number"
+        low, high = input_.min, input_.max
+        if (low is not None and number < low) or (high is not None and number > high) or (whole and number != int(number)):
+            kind = "a whole number" if whole else "a number"
+            return f"{node}: {name} {value!r} must be {kind} from {_number(low)} to {_number(high)}"
+    return None
+
+
 def check_options(cls: type[io.ComfyNode], **values: Any) -> bool | str:
     """``True``, or a message naming the first combo value that is not one of the input's options.
 
     For ``validate_inputs``: ComfyUI v0.33 checks V3 combo values itself, but 0.3.64 checks only
     V1-style option lists, and either skips its own check for an input that ``validate_inputs``
     takes by name. A linked input arrives as ``None`` (known only at run time) and is skipped.
+    Names are looked up among the DynamicCombos' option inputs too (flat values of older prompts).
     """
     schema_ = cls.define_schema()  # (not GET_SCHEMA: it caches on the class, which ComfyUI locks while validating)
-    by_id = _inputs_by_id(schema_)
-    for name, value in values.items():
-        options = getattr(by_id.get(name), "options", None)
-        if options is not None and HAS_DYNAMIC_COMBO and isinstance(by_id.get(name), io.DynamicCombo.Input):
-            options = [o.key for o in options]  # a DynamicCombo's options are its keys
-            value = value.get(name) if isinstance(value, dict) else value  # arrives nested as {name: key, ...}
-        if value is None or isinstance(value, list) or options is None or value in options:
-            continue
-        shown = ", ".join(map(str, options[:20])) + (f" … ({len(options)} in all)" if len(options) > 20 else "")
-        return f"{schema_.display_name}: {name} '{value}' is not one of the options ({shown})"
-    return True
+    return _option_problem(schema_.display_name, _inputs_by_id(schema_), values) or True
 
 
 def check_ranges(cls: type[io.ComfyNode], **values: Any) -> bool | str:
@@ -91,21 +113,7 @@ def check_ranges(cls: type[io.ComfyNode], **values: Any) -> bool | str:
     (ComfyUI checks declared inputs only). ``None`` (linked) and nested dicts are skipped.
     """
     schema_ = cls.define_schema()
-    by_id = _inputs_by_id(schema_)
-    for name, value in values.items():
-        input_ = by_id.get(name)
-        whole = isinstance(input_, io.Int.Input)
-        if value is None or isinstance(value, (dict, list)) or not (whole or isinstance(input_, io.Float.Input)):
-            continue
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            return f"{schema_.display_name}: {name} {value!r} is not a number"
-        low, high = input_.min, input_.max
-        if (low is not None and number < low) or (high is not None and number > high) or (whole and number != int(number)):
-            kind = "a whole number" if whole else "a number"
-            return f"{schema_.display_name}: {name} {value!r} must be {kind} from {_number(low)} to {_number(high)}"
-    return True
+    return _range_problem(schema_.display_name, _inputs_by_id(schema_), values) or True
 
 
 def check_inputs(cls: type[io.ComfyNode], **values: Any) -> bool | str:
@@ -113,18 +121,26 @@ def check_inputs(cls: type[io.ComfyNode], **values: Any) -> bool | str:
 
     For a ``validate_inputs`` that takes ``**kwargs``: only then does ComfyUI hand it the values
     of a DynamicCombo's options (nested, ``data_source={"data_source": "folder", "crop": …}``),
-    and it then skips its own option and range checks for every input. Top-level values are
-    checked first, then each DynamicCombo's options.
+    and it then skips its own option and range checks for every input. Top-level values (flat
+    names of older prompts included) are checked first, then each DynamicCombo's chosen option
+    against that option's own inputs (two options may have inputs of one name, e.g. TIPO's
+    ``backend.model``).
     """
-    combos = {i.id for i in cls.define_schema().inputs if HAS_DYNAMIC_COMBO and isinstance(i, io.DynamicCombo.Input)}
-    groups = [{k: v for k, v in values.items() if k not in combos or not isinstance(v, dict)}]
-    groups += [{k: v for k, v in values[c].items() if k != c} for c in combos if isinstance(values.get(c), dict)]
-    for group in groups:
-        for check in (check_options, check_ranges):
-            message = check(cls, **group)
-            if message is not True:
-                return message
-    return check_options(cls, **{c: values[c] for c in combos if c in values})
+    schema_ = cls.define_schema()
+    node, by_id = schema_.display_name, _inputs_by_id(schema_)
+    combos = {i.id: i for i in schema_.inputs if HAS_DYNAMIC_COMBO and isinstance(i, io.DynamicCombo.Input)}
+    top = {k: v for k, v in values.items() if k not in combos or not isinstance(v, dict)}
+    problem = _option_problem(node, by_id, top) or _range_problem(node, by_id, top)
+    problem = problem or _option_problem(node, by_id, {c: values[c] for c in combos if c in values})  # the chosen keys
+    for combo, input_ in combos.items():
+        nested = values.get(combo)
+        option = next((o for o in input_.options if isinstance(nested, dict) and o.key == nested.get(combo)), None)
+        if problem or option is None:
+            continue
+        own = {i.id: i for i in option.inputs}
+        chosen = {k: v for k, v in nested.items() if k != combo}
+        problem = _option_problem(node, own, chosen) or _range_problem(node, own, chosen)
+    return problem or True
 
 
 def _number(x: float | None) -> str:

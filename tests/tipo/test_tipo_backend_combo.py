@@ -146,7 +146,8 @@ def test_the_flat_layout_is_todays_with_precision_last(cui, both):
     if dynamic(cui):
         pytest.skip("this ComfyUI has DynamicCombo: see the dynamic layout's test")
     spec = node(cui).INPUT_TYPES()
-    assert tuple(widget_names(spec)) == (*pack(cui).tb.LEGACY_WIDGETS, "precision")
+    assert widget_names(spec) == H.saved_layouts_js([])["LEGACY_WIDGETS"]["HDMTipoPrompt"]  # (web/hdm_saved_layouts.js)
+    assert widget_names(spec)[-1] == "precision"
     assert list(spec["optional"]) == ["precision"]  # optional: workflows saved without it validate (default auto)
     precision = spec["optional"]["precision"]
     assert H.combo_options(precision) == PRECISIONS and precision[1]["default"] == "auto"
@@ -293,3 +294,38 @@ def test_a_no_model_placeholder_is_refused_when_queued_with_where_to_get_one(cui
             assert errors and all(expected in e for e in errors), errors
         with pytest.raises(Exception, match="backend 'transformers' has no model"):  # and the same when it runs anyway
             H.execute_node(node(cui), **flat_inputs(model=None, device=None, backend={"backend": "transformers"}))
+
+
+# ----------------------------------------------------------------------------- saved UI workflows
+HEAD = ["1girl", "smiling", "", "<|special|>, <|general|>", "long", "short", 1024, 1024, 0.5, 0.95, 60, 0.05, 7, "fixed"]
+TAIL = [2, 256, False, True]
+
+
+@pytest.mark.parametrize(
+    "values, inputs, expected_values, expected_inputs",
+    [
+        # every release so far: model and device among the widgets; a folder means transformers
+        ([*HEAD[:3], "TIPO-200M-ft2", *HEAD[3:], "cpu", *TAIL], [],
+         [*HEAD, *TAIL, "transformers", "TIPO-200M-ft2", "cpu", "auto"], []),
+        # a .gguf file means the gguf backend (no precision there)
+        ([*HEAD[:3], "gguf/TIPO-200M-ft2-F16.gguf", *HEAD[3:], "auto", *TAIL], [],
+         [*HEAD, *TAIL, "gguf", "gguf/TIPO-200M-ft2-F16.gguf", "auto"], []),
+        # saved on 0.3.64 with precision (last); a linked model (a primitive) moves into the combo
+        ([*HEAD[:3], "TIPO-500M-ft", *HEAD[3:], "auto", *TAIL, "bf16"],
+         [{"name": "model", "type": "COMBO", "widget": {"name": "model"}, "link": 4},
+          {"name": "device", "type": "COMBO", "widget": {"name": "device"}, "link": None}],
+         [*HEAD, *TAIL, "transformers", "TIPO-500M-ft", "auto", "bf16"],
+         [{"name": "backend.model", "type": "COMBO", "widget": {"name": "backend.model"}, "link": 4}]),
+    ],
+)  # fmt: skip
+def test_saved_flat_workflows_move_into_the_backend_combo(cui, both, values, inputs, expected_values, expected_inputs):
+    """web/hdm_saved_layouts.js (run under Node, as the frontend runs it on load) reads the saved
+    values by name, picks the backend the model file implies and writes the dynamic layout."""
+    info = H.node_info(node(cui))
+    out = H.saved_layouts_js([(info, {"id": 3, "type": "HDMTipoPrompt", "widgets_values": values, "inputs": inputs})])["out"][0]
+    if not dynamic(cui):
+        assert out is None  # the flat layout is the node's own
+        return
+    assert out["widgets_values"] == expected_values
+    assert out["inputs"] == expected_inputs
+    assert H.saved_layouts_js([(info, out)])["out"][0] is None  # already current: unchanged
