@@ -114,4 +114,4 @@ def test_without_a_vae_the_preview_is_the_latent_preview(cui, dataset, monkeypat
 def test_negative_preview_every_is_refused(cui, dataset):
     result = cui.run(_prompt("preview_bad", -1))
     assert not result.ok and result.validation[0] is False
-    assert "preview_every" in str(result.validation[1]) and "smaller than min of 0" in str(result.validation)
+    assert "preview_every -1 must be a whole number from 0 to 1000000" in str(result.validation)  # the node's own range check

@@ -90,6 +90,10 @@ def test_dataset_fingerprint_follows_the_folder_listing(cui, tmp_path):
     caption.write_text(caption.read_text() + ", edited")
     assert node.fingerprint_inputs(dataset_folder=str(tmp_path)) != first
     assert node.fingerprint_inputs(dataset_folder="") == ""
+    # the data_source DynamicCombo's nested folder (v0.33 hands fingerprint_inputs every input, nested)
+    changed = node.fingerprint_inputs(dataset_folder=str(tmp_path))
+    assert node.fingerprint_inputs(data_source={"data_source": "folder", "dataset_folder": str(tmp_path)}) == changed
+    assert node.fingerprint_inputs(data_source={"data_source": "latent", "latent": None, "conditioning": None}) == ""
 
 
 @pytest.mark.parametrize(

@@ -118,7 +118,8 @@ def test_the_check_sees_a_node_drawn_over_others(drawn):
     train = next(n for n in nodes if n["type"] == "HDMTrainLyCORIS")
     assert train["size"][0] > 300 and train["size"][1] > 300  # the frontend grew it to fit its widgets
     pairs = F.overlapping_pairs(nodes)
-    assert pairs and all(any(p.startswith(f"{train['id']} ") for p in pair) for pair in pairs), pairs
+    # the grown training node covers the nodes saved right of it (moving those may make other overlaps too)
+    assert [pair for pair in pairs if any(p.startswith(f"{train['id']} ") for p in pair)], pairs
 
 
 @pytest.mark.parametrize("name", NAMES)
