@@ -20,7 +20,9 @@ import contextlib
 import errno
 import fnmatch
 import json
+import logging
 import os
+import re
 import struct
 import tempfile
 import time
@@ -28,6 +30,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+_log = logging.getLogger(__name__)
 
 #: Largest header accepted (the safetensors library's own limit is 100 MB as well).
 MAX_HEADER = 100 * 1024 * 1024
@@ -203,6 +207,37 @@ def is_temporary(path: str | os.PathLike) -> bool:
     """Whether ``path`` is an unfinished :func:`atomic_write` file (a kill leaves these)."""
     name = Path(path).name
     return name.startswith(".") and name.endswith(".tmp")
+
+
+#: An :func:`atomic_write` temporary file this old was left by a killed process (a save takes seconds).
+STALE_AFTER_SECONDS = 3600.0
+#: ``.<name>.<8 random characters>.tmp``, as :func:`tempfile.mkstemp` names them for :func:`atomic_write`.
+_TEMPORARY_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+
+
+def sweep_stale_temporaries(folder: str | os.PathLike, *, older_than: float = STALE_AFTER_SECONDS, recursive: bool = False) -> list[Path]:
+    """Delete the temporary files killed :func:`atomic_write` calls left in ``folder``; the paths removed.
+
+    Only files named as :func:`atomic_write` names them and not modified for ``older_than``
+    seconds go: a save in progress (in this process or another one writing to the same folder)
+    keeps its file fresh. Anything that cannot be removed stays; the sweep is tidying, never
+    a reason to fail a run.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    removed = []
+    now = time.time()
+    for path in root.rglob(".*.tmp") if recursive else root.glob(".*.tmp"):
+        try:
+            if _TEMPORARY_NAME.match(path.name) and path.is_file() and now - path.stat().st_mtime > older_than:
+                path.unlink()
+                removed.append(path)
+        except OSError:
+            continue
+    if removed:
+        _log.info("removed %d unfinished temporary file(s) left by an interrupted save in %s", len(removed), root)
+    return removed
 
 
 @contextlib.contextmanager

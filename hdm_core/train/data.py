@@ -38,6 +38,7 @@ from typing import Any, Callable, Protocol, Sequence
 import torch
 
 from ..checkpoint import read_state_dict, save_safetensors
+from ..fileformat import sweep_stale_temporaries
 from ..latents import LATENT_CHANNELS, VAE_SCALE, normalize
 from ..positions import axial_grid
 from .buckets import BucketConfig, CropPlan, crop_positions, make_buckets, plan_crop, target_size
@@ -142,6 +143,7 @@ class DiskCache:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise DatasetError(f"cannot create the cache folder {self.root}: {exc}") from exc
+        sweep_stale_temporaries(self.root, recursive=True)  # entries a killed run left half-written
 
     @staticmethod
     def key(*parts: object) -> str:

@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..fileformat import sweep_stale_temporaries
 from .adapters import Adapter, AdapterConfig, AdapterError, create_adapter, read_adapter, save_adapter
 from .batching import BatchStream, sample_rng
 from .data import Batch, TrainingData
@@ -279,6 +280,8 @@ class Trainer:
         # adapter tensors must be normal tensors even when constructed under inference mode (ComfyUI)
         with torch.inference_mode(False):
             self._setup_adapter(adapter_config, state, resume_from, init_adapter)
+        if self.dist.main:  # what an earlier, killed run left half-written in this run's folder
+            sweep_stale_temporaries(self.output_dir)
 
     def _setup_adapter(self, adapter_config, state, resume_from, init_adapter) -> None:
         config = self.config

@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -163,10 +164,12 @@ def test_kill_at_a_save_leaves_loadable_files_and_resume_reproduces_the_run(tmp_
     state = read_training_state(out / "chara-state.safetensors")
     assert state.step == state_step
 
+    for path in temporary:  # left an hour ago: the next run in the folder tidies it away
+        os.utime(path, (time.time() - 2 * fileformat.STALE_AFTER_SECONDS,) * 2)
     assert _fit(tmp_path, "--resume", str(out / "chara-state.safetensors")) == 0
     _assert_same_adapter(_adapter(out / "chara.safetensors"), reference)
     assert read_adapter(out / "chara.safetensors").metadata["ss_steps"] == str(STEPS)
-    _check_files(out)
+    assert _check_files(out)[1] == []
 
 
 @pytest.mark.parametrize("kind", ["latents", "text"])
@@ -178,10 +181,12 @@ def test_kill_during_a_cache_write_leaves_a_cache_the_next_run_uses(tmp_path, si
     assert len(temporary) == 1 and len([p for p in good if f"/{kind}/" in p.as_posix()]) == 1
     assert not list((tmp_path / "out").glob("*.safetensors"))  # killed before training
 
+    os.utime(temporary[0], (time.time() - 2 * fileformat.STALE_AFTER_SECONDS,) * 2)  # left an hour ago
     with caplog.at_level(logging.WARNING):
         assert _fit(tmp_path) == 0
     assert not [r for r in caplog.records if "discarding damaged cache entry" in r.getMessage()]
     _assert_same_adapter(_adapter(tmp_path / "out" / "chara.safetensors"), reference)
+    assert _check_files(cache)[1] == []  # the next run tidied it away
 
 
 def test_resume_refuses_nothing_valid_whatever_the_state_files_first_byte(tmp_path, si, reference):
@@ -400,3 +405,25 @@ def test_comfyui_node_save_failure_is_a_clear_error_and_keeps_the_last_good_file
     monkeypatch.undo()
     ok = cui.run(H.txt2img_prompt(steps=1), {"image": ("8", 0)})  # the server goes on
     assert ok.ok, ok.error()
+
+
+def test_only_stale_temporaries_of_atomic_writes_are_swept(tmp_path):
+    """An interrupted save's ``.<name>.<random>.tmp`` goes once it is an hour old; a save in
+    progress (fresh), other dot files and other folders' files stay."""
+    old = time.time() - 2 * fileformat.STALE_AFTER_SECONDS
+    (tmp_path / "sub").mkdir()
+    made = {}
+    for key, folder, prefix in (("stale", tmp_path, ".a.safetensors."), ("fresh", tmp_path, ".b.safetensors."),
+                                ("nested", tmp_path / "sub", ".c.safetensors.")):  # fmt: skip
+        fd, name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=folder)  # named as atomic_write names them
+        os.close(fd)
+        made[key] = Path(name)
+    others = [tmp_path / ".notes.tmp", tmp_path / "a.safetensors", tmp_path / "x.abcdefgh.tmp"]
+    for path in others:
+        path.write_bytes(b"keep")
+    for path in [made["stale"], made["nested"], *others]:
+        os.utime(path, (old, old))
+    assert fileformat.sweep_stale_temporaries(tmp_path) == [made["stale"]]
+    assert all(p.exists() for p in [made["fresh"], made["nested"], *others])
+    assert fileformat.sweep_stale_temporaries(tmp_path, recursive=True) == [made["nested"]]
+    assert fileformat.sweep_stale_temporaries(tmp_path / "missing") == []
