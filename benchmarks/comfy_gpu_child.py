@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import copy
 import importlib
+import importlib.util
 import inspect
 import json
 import statistics
@@ -28,10 +29,23 @@ import traceback
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks"
+
+
+def load_harness():
+    """tests/comfy_harness.py by file path: its StubServer and ComfyUI ``utils`` import serve here too.
+
+    Loaded when ComfyUI is set up, not at import: it imports torch, which this child keeps
+    until ComfyUI's start-up order (as main.py's) reaches it.
+    """
+    spec = importlib.util.spec_from_file_location("hdm_comfy_harness", REPO / "tests" / "comfy_harness.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # (its dataclasses look their module up there)
+    spec.loader.exec_module(module)
+    return module
 
 
 def import_hdm_core() -> None:
@@ -112,30 +126,6 @@ def median_step(times: list[float], skip: int = 1) -> float | None:
 
 
 # ----------------------------------------------------------------------------- ComfyUI side
-class StubServer:
-    """What ComfyUI's executor and the pack's progress text need from ``server.PromptServer``."""
-
-    def __init__(self) -> None:
-        self.client_id = None
-        self.last_node_id = None
-        self.last_prompt_id = None
-        self.sockets_metadata: dict = {}
-        self.messages: list[tuple[str, Any]] = []
-        self.node_replace_manager = SimpleNamespace(register=lambda *args, **kwargs: None)
-
-    def send_sync(self, event, data, sid=None):
-        self.messages.append((event, data))
-
-    def queue_updated(self):
-        pass
-
-    def add_on_prompt_handler(self, handler):
-        pass
-
-    def send_progress_text(self, text, node_id, sid=None):
-        self.messages.append(("progress_text", {"text": text, "node": node_id}))
-
-
 class ComfyChild:
     """ComfyUI v0.33 started in this process with ``flags`` on its command line, plus this pack."""
 
@@ -180,15 +170,11 @@ class ComfyChild:
             folder_paths.set_user_directory(str(work / "user"))
         self.folder_paths = folder_paths
 
-        # main.py imports its top-level ``utils`` package before ``nodes`` (comfy/utils.py would shadow it)
-        if (comfyui / "utils" / "__init__.py").is_file():
-            importlib.import_module("utils")
-            for sub in ("extra_config", "install_util"):
-                if (comfyui / "utils" / f"{sub}.py").is_file():
-                    importlib.import_module(f"utils.{sub}")
+        harness = load_harness()
+        harness.import_comfyui_utils(comfyui)  # as main.py does, before ``nodes``
         import server
 
-        self.server = StubServer()
+        self.server = harness.StubServer()
         server.PromptServer.instance = self.server
         import comfy.model_management as mm
         import execution

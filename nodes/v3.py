@@ -18,7 +18,6 @@ from comfy_api.latest import ComfyExtension, io
 
 __all__ = [
     "ADVANCED", "ComfyExtension", "DYNAMIC_INPUTS", "HAS_DYNAMIC_COMBO", "HAS_SEARCH_ALIASES", "check_inputs", "check_options",
-    "check_ranges",
     "dynamic_choice", "io", "schema",
 ]  # fmt: skip
 
@@ -104,16 +103,6 @@ def check_options(cls: type[io.ComfyNode], **values: Any) -> bool | str:
     """
     schema_ = cls.define_schema()  # (not GET_SCHEMA: it caches on the class, which ComfyUI locks while validating)
     return _option_problem(schema_.display_name, _inputs_by_id(schema_), values) or True
-
-
-def check_ranges(cls: type[io.ComfyNode], **values: Any) -> bool | str:
-    """``True``, or a message naming the first number outside its input's ``min``/``max``.
-
-    For the flat values of older prompts on hosts where those inputs moved into a DynamicCombo
-    (ComfyUI checks declared inputs only). ``None`` (linked) and nested dicts are skipped.
-    """
-    schema_ = cls.define_schema()
-    return _range_problem(schema_.display_name, _inputs_by_id(schema_), values) or True
 
 
 def check_inputs(cls: type[io.ComfyNode], **values: Any) -> bool | str:

@@ -159,8 +159,31 @@ def save(tensors: dict[str, torch.Tensor], path: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------- ComfyUI
+def import_comfyui_utils(comfyui_path: Path) -> None:
+    """Import ComfyUI's top-level ``utils`` package, as main.py does before ``nodes``.
+
+    In 0.3.x ``nodes`` puts comfy/ first on sys.path, where comfy/utils.py would shadow the
+    package; a test that reached ComfyUI's ``nodes`` before (tests/tipo run alone) has already
+    done that, so comfy/ is kept off sys.path meanwhile. Also used by benchmarks/comfy_gpu_child.py.
+    """
+    if not (comfyui_path / "utils" / "__init__.py").is_file():
+        return
+    shadow = (comfyui_path / "comfy").resolve()
+    saved_path = list(sys.path)
+    sys.path[:] = [p for p in sys.path if not p or Path(p).resolve() != shadow]
+    if not hasattr(sys.modules.get("utils"), "__path__"):
+        sys.modules.pop("utils", None)  # comfy/utils.py under the wrong name
+    try:
+        importlib.import_module("utils")
+        for sub in ("extra_config", "install_util"):
+            if (comfyui_path / "utils" / f"{sub}.py").is_file():
+                importlib.import_module(f"utils.{sub}")
+    finally:
+        sys.path[:] = saved_path
+
+
 class StubServer:
-    """What ComfyUI's executor and progress hooks need from ``server.PromptServer``."""
+    """What ComfyUI's executor and progress hooks need from ``server.PromptServer`` (also the GPU benchmark's)."""
 
     def __init__(self) -> None:
         self.client_id = None
@@ -226,23 +249,7 @@ class Comfy:
             folder_paths.set_user_directory(str(self.root / "user"))
         self.folder_paths = folder_paths
 
-        # ComfyUI's main.py imports its top-level ``utils`` package before ``nodes``, which
-        # (in 0.3.x) puts comfy/ first on sys.path, where comfy/utils.py would shadow it. A test
-        # that reached ComfyUI's ``nodes`` before (tests/tipo run alone) has already done that, so
-        # comfy/ is kept off sys.path while ``utils`` is imported.
-        if (comfyui_path / "utils" / "__init__.py").is_file():
-            shadow = (comfyui_path / "comfy").resolve()
-            saved_path = list(sys.path)
-            sys.path[:] = [p for p in sys.path if not p or Path(p).resolve() != shadow]
-            if not hasattr(sys.modules.get("utils"), "__path__"):
-                sys.modules.pop("utils", None)  # comfy/utils.py under the wrong name
-            try:
-                importlib.import_module("utils")
-                for sub in ("extra_config", "install_util"):
-                    if (comfyui_path / "utils" / f"{sub}.py").is_file():
-                        importlib.import_module(f"utils.{sub}")
-            finally:
-                sys.path[:] = saved_path
+        import_comfyui_utils(comfyui_path)
         import server
 
         self.server = StubServer()
@@ -495,6 +502,20 @@ def dynamic_combos(node) -> dict[str, dict[str, list]]:
                     for o in d[1]["options"]
                 }  # fmt: skip
     return found
+
+
+def input_definitions(node) -> dict:
+    """Every input definition of a node class or input spec by name: a DynamicCombo as a combo of
+    its keys, its options' inputs under their own names (the first option's wins where two share
+    a name, as HDM TIPO Prompt's ``model`` lists do)."""
+    spec = node.INPUT_TYPES() if hasattr(node, "INPUT_TYPES") else node
+    out = {**spec.get("required", {}), **spec.get("optional", {})}
+    for combo, options in dynamic_combos(spec).items():
+        out[combo] = ["COMBO", {"options": list(options)}]
+        for own in options.values():
+            for name, definition in own:
+                out.setdefault(name, definition)
+    return out
 
 
 def flat_choices(class_type: str, inputs: dict) -> dict[str, str]:

@@ -42,15 +42,7 @@ def write_workflow_models(cui, name: str) -> None:
                 Image.new("RGBA", (64, 64), (200, 120, 80, 255)).save(path)
 
 
-def input_spec(cls) -> dict:
-    spec = cls.INPUT_TYPES()
-    out = {**spec.get("required", {}), **spec.get("optional", {})}
-    for name, d in list(out.items()):
-        if d[0] == "COMFY_DYNAMICCOMBO_V3":  # a combo of its keys; its options' inputs under their own names
-            out[name] = ["COMBO", {"options": [o["key"] for o in d[1]["options"]]}]
-            for o in d[1]["options"]:
-                out.update({**o["inputs"].get("required", {}), **o["inputs"].get("optional", {})})
-    return out
+input_spec = H.input_definitions
 
 
 def definition_of(cls, inputs: dict, name: str):
@@ -59,10 +51,7 @@ def definition_of(cls, inputs: dict, name: str):
     if "." not in name:
         return input_spec(cls)[name]
     combo, sub = name.split(".", 1)
-    spec = cls.INPUT_TYPES()
-    options = {o["key"]: o["inputs"] for o in {**spec.get("required", {}), **spec.get("optional", {})}[combo][1]["options"]}
-    chosen = options[inputs[combo]]
-    return {**chosen.get("required", {}), **chosen.get("optional", {})}[sub]
+    return dict(H.dynamic_combos(cls)[combo][inputs[combo]])[sub]
 
 
 is_widget = H.is_widget

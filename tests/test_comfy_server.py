@@ -18,7 +18,7 @@ import uuid
 import pytest
 
 import hdm_comfy_harness as H  # registered by tests/conftest.py
-from frontend_server import PACK_DIR_NAME, FrontendServer, cannot_serve  # registered by tests/conftest.py
+from frontend_server import PACK_DIR_NAME, FrontendServer  # registered by tests/conftest.py
 
 
 class Server(FrontendServer):
@@ -68,12 +68,7 @@ def server(comfyui_path):
     before = sorted(p.name for p in comfyui_path.iterdir())
     srv = Server(comfyui_path)
     try:
-        try:
-            srv.wait_ready()
-        except RuntimeError as exc:
-            if cannot_serve(exc):
-                pytest.skip(cannot_serve(exc))
-            raise
+        srv.wait_ready_or_skip()
         yield srv
     finally:
         srv.stop()

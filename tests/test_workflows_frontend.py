@@ -22,7 +22,7 @@ FRONTEND = Path(__file__).resolve().parent / "frontend"
 sys.path.insert(0, str(FRONTEND))
 try:
     import comfy_frontend as F
-    from frontend_server import PACK_DIR_NAME, FrontendServer, cannot_serve
+    from frontend_server import PACK_DIR_NAME, FrontendServer
 finally:
     sys.path.remove(str(FRONTEND))
 
@@ -63,12 +63,7 @@ def drawn(comfyui_path, tmp_path_factory):
         pytest.skip("this ComfyUI checkout has no main.py")
     srv = FrontendServer(comfyui_path)
     try:
-        try:
-            srv.wait_ready()
-        except RuntimeError as exc:
-            if cannot_serve(exc):
-                pytest.skip(cannot_serve(exc))
-            raise
+        srv.wait_ready_or_skip()
         templates = template_browser(srv.url)
         import urllib.request
 
@@ -147,23 +142,13 @@ def test_frontend_knows_every_node_and_keeps_every_widget_value(drawn, name):
         assert n["widgets_values"][: len(values)] == values, f"{name}: node {n['id']} ({n['title']})"
 
 
-def definitions(spec: dict) -> dict:
-    """Every input definition of a node's ``/object_info`` spec by name, DynamicCombo options' included."""
-    found = {**spec.get("required", {}), **spec.get("optional", {})}
-    for options in H.dynamic_combos(spec).values():
-        for own in options.values():
-            for n, d in own:
-                found.setdefault(n, d)
-    return found
-
-
 def assert_widgets_show_saved_values(drawn: dict, drawn_node: dict, values: list, where: str) -> None:
     """A node saved in a flat layout (web/hdm_saved_layouts.js LEGACY_WIDGETS) shows every saved
     value in the widget of that name; each DynamicCombo shows exactly its chosen option's widgets
     (``data_source.crop`` …); a saved value not shown belongs to an option not chosen, and a widget
     added since shows its default."""
     spec = drawn["object_info"][drawn_node["type"]]["input"]
-    combos, defs = H.dynamic_combos(spec), definitions(spec)
+    combos, defs = H.dynamic_combos(spec), H.input_definitions(spec)
     saved_values = dict(zip(drawn["legacy_widgets"][drawn_node["type"]], values))
     names = [w["name"] for w in drawn_node["widgets"]]
     shown = {w["name"].split(".")[-1]: w["value"] for w in drawn_node["widgets"]}

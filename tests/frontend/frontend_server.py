@@ -98,6 +98,17 @@ class FrontendServer:
                 time.sleep(1)
         raise TimeoutError(f"ComfyUI did not start in {timeout}s:\n{self.logtext()}")
 
+    def wait_ready_or_skip(self) -> None:
+        """:meth:`wait_ready`, or skip the calling test where this ComfyUI's server cannot start at all (:func:`cannot_serve`)."""
+        try:
+            self.wait_ready()
+        except RuntimeError as exc:
+            if cannot_serve(exc):
+                import pytest
+
+                pytest.skip(cannot_serve(exc))
+            raise
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
