@@ -57,8 +57,6 @@ GPU_STATES = [
     ("highvram", ["--highvram"]),
 ]
 WEIGHT_DTYPES = ["default", "fp32", "fp16", "bf16", "fp8_e4m3fn"]
-#: Largest 8-bit difference (mean over the image) that counts as "the same image" in the tables' verdicts.
-SAME_MEAN_LEVELS = 1.0
 
 
 # ----------------------------------------------------------------------------- set-up

@@ -48,16 +48,6 @@ NEG_TOKENS = 16
 #: TREAD rate of the negative pass when the CFG pair runs as HDM runs it (its official UI's default).
 NEG_TREAD = 0.5
 
-
-def _smoke_config():
-    from hdm_core import XUTConfig
-
-    return XUTConfig(patch_size=2, input_dim=4, dim=64, ctx_dim=32, ctx_size=16, heads=4, dim_head=16, mlp_dim=128,
-                     depth=2, enc_blocks=1, dec_blocks=2, addon_info_embs_dim=1,
-                     tread_config=dict(prev_trns_depth=1, post_trns_depth=1, dropout_ratio=0.5))  # fmt: skip
-
-
-
 DEVICE = "cuda"
 
 
@@ -109,7 +99,11 @@ def model_config(args):
     """The XUT config benchmarked: the released 343M one, or a tiny one for ``--smoke``."""
     from hdm_core import HDM_XUT_SMALL
 
-    return _smoke_config() if args.smoke else HDM_XUT_SMALL
+    if args.smoke:
+        from hdm_core.testing import TINY_XUT
+
+        return TINY_XUT
+    return HDM_XUT_SMALL
 
 
 # ----------------------------------------------------------------------------- FLOPs and the card's peak

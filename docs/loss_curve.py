@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)  # a model this small runs ~10x slower when its few ops are split over threads
+    from hdm_core.fileformat import atomic_write
     from hdm_core.testing import write_tiny_hdm
     from hdm_core.train.plot import loss_curve_image
     from hdm_core.train.state import read_training_state
@@ -65,10 +66,8 @@ def main(argv: list[str] | None = None) -> int:
             return rc
         state = read_training_state(tmp / "out" / "short_run-state.safetensors")
     image = loss_curve_image(state.loss_history, title=f"LoRA rank 8, {len(state.loss_history)} steps (tiny HDM, CPU): loss per step")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    part = args.out.with_suffix(".png.tmp")
-    image.save(part, format="PNG", optimize=True)
-    part.replace(args.out)
+    with atomic_write(args.out) as tmp:  # (makes the folder)
+        image.save(tmp, format="PNG", optimize=True)
     print(f"{args.out} ({len(state.loss_history)} steps, first {state.loss_history[0]:.4f}, last {state.loss_history[-1]:.4f})")
     return 0
 

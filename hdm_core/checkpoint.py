@@ -37,14 +37,17 @@ class CheckpointError(ValueError):
 class SafetensorsDict(Mapping):
     """Read-only mapping over one or more safetensors files; tensors are read on access."""
 
-    def __init__(self, paths: list[Path]) -> None:
+    def __init__(self, paths: list[Path], *, probed: bool = False) -> None:
+        """``probed``: the caller has already checked the files (:func:`read_state_dict`), so
+        their headers are not read once more here (the training cache reads one per sample)."""
         from safetensors import safe_open
 
         self._files = []
         self._where: dict[str, Any] = {}
         self.metadata: dict[str, str] = {}
         for path in paths:
-            check_safetensors_file(path)
+            if not probed:
+                check_safetensors_file(path)
             try:
                 handle = safe_open(str(path), framework="pt", device="cpu")
             except Exception as exc:  # safetensors raises its own error types
@@ -70,14 +73,19 @@ class SafetensorsDict(Mapping):
         return self._where[key].get_slice(key).get_dtype()
 
 
+def _probe(path: Path) -> Probe:
+    """:func:`~hdm_core.fileformat.probe_file`, an unreadable file as :class:`CheckpointError`."""
+    try:
+        return probe_file(path)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read this file ({exc})") from exc
+
+
 def check_safetensors_file(path: Path) -> dict[str, Any]:
     """Validate a safetensors file through :func:`~hdm_core.fileformat.probe_file` (header,
     length, foreign kinds); returns the parsed header or raises :class:`CheckpointError`."""
     path = Path(path)
-    try:
-        probe = probe_file(path)
-    except OSError as exc:
-        raise CheckpointError(f"{path}: cannot read this file ({exc})") from exc
+    probe = _probe(path)
     if not probe.ok:
         raise CheckpointError(f"{path}: {probe.message}")
     return probe.header
@@ -89,10 +97,7 @@ def check_weight_file(path: str | os.PathLike) -> Probe:
     pickle under a pickle name (that loader reads it with ``weights_only``); anything else
     raises :class:`CheckpointError` with the probe's message."""
     path = Path(path)
-    try:
-        probe = probe_file(path)
-    except OSError as exc:
-        raise CheckpointError(f"{path}: cannot read this file ({exc})") from exc
+    probe = _probe(path)
     if probe.ok:
         if path.suffix.lower() not in (".safetensors", ".sft"):
             raise CheckpointError(f"{path}: this is a safetensors file with a {path.suffix or 'missing'} extension; rename it to .safetensors")
@@ -178,15 +183,12 @@ def read_state_dict(
         raise CheckpointError(f"{path}: no such file or folder")
     if path.is_dir():
         return SafetensorsDict(_resolve_folder(path))
-    try:
-        probe = probe_file(path)
-    except OSError as exc:
-        raise CheckpointError(f"{path}: cannot read this file ({exc})") from exc
+    probe = _probe(path)
     if probe.is_pickle:
         return _load_pickle(path, allow_pickle)
     if not probe.ok:
         raise CheckpointError(f"{path}: {probe.message}")
-    return SafetensorsDict([path])  # whatever its name (.ckpt/.bin included): the content decides
+    return SafetensorsDict([path], probed=True)  # whatever its name (.ckpt/.bin included): the content decides
 
 
 # --------------------------------------------------------------------------- understanding keys
@@ -398,8 +400,6 @@ def save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLik
     try:
         with atomic_write(path) as tmp:
             save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-    except SaveError:
-        raise
     except Exception as exc:  # OSError, or safetensors' own error wrapping one
         error = SaveError(f"cannot write {path}: {describe_os_error(exc)}; the previous file (if any) is kept")
         error.errno = getattr(exc, "errno", None)

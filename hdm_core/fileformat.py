@@ -80,10 +80,6 @@ class Probe:
     def is_pickle(self) -> bool:
         return self.kind in PICKLES
 
-    @property
-    def metadata(self) -> dict[str, str]:
-        return dict(self.header.get("__metadata__") or {})
-
 
 def _foreign_kind(head: bytes) -> str | None:
     """The kind named by a foreign file's magic number, or ``None``."""
@@ -93,7 +89,7 @@ def _foreign_kind(head: bytes) -> str | None:
         return LEGACY_PICKLE
     if head[:4] == b"GGUF":
         return "gguf"
-    if head[:24] == b"version https://git-lfs."[:24] or head[:4] == b"vers":
+    if head.startswith(b"version https://git-lfs"):
         return "lfs"
     stripped = head.lstrip()
     if stripped[:1] in (b"{", b"[") or stripped[:5] in (b"<?xml", b"<html", b"<HTML") or stripped[:5].lower() == b"<!doc":
@@ -203,16 +199,17 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
-def is_temporary(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is an unfinished :func:`atomic_write` file (a kill leaves these)."""
-    name = Path(path).name
-    return name.startswith(".") and name.endswith(".tmp")
 
 
 #: An :func:`atomic_write` temporary file this old was left by a killed process (a save takes seconds).
 STALE_AFTER_SECONDS = 3600.0
 #: ``.<name>.<8 random characters>.tmp``, as :func:`tempfile.mkstemp` names them for :func:`atomic_write`.
 _TEMPORARY_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+
+
+def is_temporary(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is named as an unfinished :func:`atomic_write` file (a kill leaves these)."""
+    return _TEMPORARY_NAME.match(Path(path).name) is not None
 
 
 def sweep_stale_temporaries(folder: str | os.PathLike, *, older_than: float = STALE_AFTER_SECONDS, recursive: bool = False) -> list[Path]:
@@ -230,7 +227,7 @@ def sweep_stale_temporaries(folder: str | os.PathLike, *, older_than: float = ST
     now = time.time()
     for path in root.rglob(".*.tmp") if recursive else root.glob(".*.tmp"):
         try:
-            if _TEMPORARY_NAME.match(path.name) and path.is_file() and now - path.stat().st_mtime > older_than:
+            if is_temporary(path) and path.is_file() and now - path.stat().st_mtime > older_than:
                 path.unlink()
                 removed.append(path)
         except OSError:

@@ -153,7 +153,7 @@ class DiskCache:
     def digest(value: torch.Tensor) -> str:
         """SHA-256 of the tensor's bytes (its dtype and shape are in the file's header)."""
         flat = value.detach().to("cpu").contiguous().reshape(-1)
-        return hashlib.sha256(flat.view(torch.uint8).numpy().tobytes()).hexdigest()
+        return hashlib.sha256(flat.view(torch.uint8).numpy()).hexdigest()  # (the buffer itself, no copy)
 
     def _path(self, kind: str, key: str) -> Path:
         return self.root / kind / key[:2] / f"{key}.safetensors"

@@ -210,10 +210,14 @@ def _model_dtype(model: nn.Module) -> torch.dtype:
     return torch.float32
 
 
+#: Autocast dtype of each ``mixed_precision`` (None: none).
+AMP_DTYPES: dict[str, torch.dtype | None] = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def input_dtypes(model: nn.Module, mixed_precision: str) -> tuple[torch.dtype, torch.dtype | None]:
     """(dtype fed to the model, autocast dtype or None)."""
     base = _model_dtype(model)
-    amp = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}[mixed_precision]
+    amp = AMP_DTYPES[mixed_precision]
     if base == torch.float32:
         return torch.float32, amp
     if amp is None:

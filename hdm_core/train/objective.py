@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from ..flow import shift_timesteps
 from ..tread import keep_count
+from ..xut import patch_grid
 
 TIMESTEP_DISTRIBUTIONS = ("logit_normal", "uniform")
 
@@ -99,7 +100,8 @@ def draw_sample_noise(
     keep = None
     if tread_rate > 0:
         _, h, w = latent_shape
-        num_tokens = (h // patch_size) * (w // patch_size)
+        rows, cols = patch_grid(h, w, patch_size)
+        num_tokens = rows * cols
         kept = keep_count(num_tokens, tread_rate)
         order = torch.rand(num_tokens, generator=generator).argsort()
         keep = torch.zeros(num_tokens, dtype=torch.bool)

@@ -20,18 +20,15 @@ import torch
 from torch import nn
 
 from ..pipeline import GenerationParams, guidance_kwargs, initial_noise, sample_latents
+from .loop import preserved_model_state
 
 
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode for sampling; every module's training flag is restored after."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
+    """Eval mode for sampling; the model's training state is put back after (``preserved_model_state``)."""
+    with preserved_model_state(model):
+        model.eval()
         yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
 
 
 def draw_preview_latent(
