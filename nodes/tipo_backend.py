@@ -61,15 +61,15 @@ def folders() -> list[str]:
     return folder_paths.get_folder_paths(FOLDER)
 
 
-def models(kind: str | None = None) -> dict[str, Path]:
-    """``{name: path}`` of the TIPO models found, all of them or those of one backend."""
-    found = core.find_models(folders())
+def models(kind: str | None = None, found: dict[str, Path] | None = None) -> dict[str, Path]:
+    """``{name: path}`` of the TIPO models found (or of ``found``, one scan shared), all of them or one backend's."""
+    found = core.find_models(folders()) if found is None else found
     return {n: p for n, p in found.items() if kind is None or core.model_kind(p) == kind}
 
 
-def model_names(kind: str | None = None) -> list[str]:
+def model_names(kind: str | None = None, found: dict[str, Path] | None = None) -> list[str]:
     """A model combo's options: the models found (of ``kind``), else its placeholder."""
-    return list(models(kind)) or [NO_MODEL_OF[kind] if kind else NO_MODEL]
+    return list(models(kind, found)) or [NO_MODEL_OF[kind] if kind else NO_MODEL]
 
 
 # ----------------------------------------------------------------------------- the inputs
@@ -93,10 +93,10 @@ _BACKEND_TOOLTIP = ("How the TIPO model runs: transformers (a model folder, e.g.
                     "file through llama-cpp-python). Shows only the chosen backend's models and options.")  # fmt: skip
 
 
-def model_input(kind: str | None = None, nested: bool = False) -> io.Input:
+def model_input(kind: str | None = None, nested: bool = False, found: dict[str, Path] | None = None) -> io.Input:
     """The model combo: every model (flat layout, ``kind`` None) or one backend's (nested, optional)."""
     extra = {"optional": True} if nested else {}
-    return io.Combo.Input("model", options=model_names(kind), tooltip=_MODEL_TOOLTIP[kind], **extra)
+    return io.Combo.Input("model", options=model_names(kind, found), tooltip=_MODEL_TOOLTIP[kind], **extra)
 
 
 def device_input(kind: str | None = None, nested: bool = False) -> io.Input:
@@ -115,11 +115,12 @@ def backend_input() -> io.Input:
 
     The first option is the default: transformers, unless only .gguf models are there.
     """
+    found = models()  # one scan of the model folders for both lists
     options = {
-        "transformers": [model_input("transformers", True), device_input("transformers", True), precision_input(False)],
-        "gguf": [model_input("gguf", True), device_input("gguf", True)],
+        "transformers": [model_input("transformers", True, found), device_input("transformers", True), precision_input(False)],
+        "gguf": [model_input("gguf", True, found), device_input("gguf", True)],
     }
-    order = ["gguf", "transformers"] if models("gguf") and not models("transformers") else list(BACKENDS)
+    order = ["gguf", "transformers"] if models("gguf", found) and not models("transformers", found) else list(BACKENDS)
     return io.DynamicCombo.Input(
         "backend", optional=True, tooltip=_BACKEND_TOOLTIP, options=[io.DynamicCombo.Option(k, options[k]) for k in order]
     )

@@ -78,7 +78,7 @@ from ..hdm_core.train import (
 from ..hdm_core.train.optim import SCHEDULERS
 from ..hdm_core.train.plot import loss_curve_image
 from .train_algorithm import algorithm_input, algorithm_settings
-from .train_data import DATA_DEFAULTS, build_dataset, check_dataset_folder, data_inputs_head, data_inputs_tail, data_settings, resolve_dataset_folder
+from .train_data import build_dataset, check_dataset_folder, data_inputs_head, data_inputs_tail, data_settings, resolve_dataset_folder
 from .train_errors import NODE, TrainNodeError, fail
 from .train_preview import PREVIEW_CFG, PREVIEW_STEPS, TrainingPreview
 from .v3 import ADVANCED, DYNAMIC_INPUTS, check_inputs, io, schema
@@ -376,13 +376,12 @@ class HDMTrainLyCORIS(io.ComfyNode):
                 preview_every=0, rank=None, alpha=None, lokr_factor=None, **flat_data) -> io.NodeOutput:  # fmt: skip
         # flat_data: the data inputs of the flat layout (dataset_folder, images, …), and, with accept_all_inputs,
         # any input this node does not know (ignored, as ComfyUI does elsewhere)
-        data = data_settings(data_source, **{k: v for k, v in flat_data.items() if k in DATA_DEFAULTS})
+        data = data_settings(data_source, **flat_data)  # (reads only the data inputs' names)
         try:
             algorithm, rank, alpha, lokr_factor = algorithm_settings(algorithm, rank=rank, alpha=alpha, lokr_factor=lokr_factor)
         except ValueError as exc:
             raise fail(str(exc)) from exc
-        hidden = getattr(cls, "hidden", None)
-        unique_id = getattr(hidden, "unique_id", None) if hidden is not None else None
+        unique_id = getattr(getattr(cls, "hidden", None), "unique_id", None)
         device = mm.get_torch_device()
         dm = hdm_diffusion_model(model)
         mixed = training_precision(precision, device)

@@ -40,6 +40,7 @@ ALGORITHM_INPUTS: dict[str, tuple[str, ...]] = {
 }
 assert set(ALGORITHM_INPUTS) == set(ALGORITHMS), "every algorithm needs its list of inputs"
 
+#: The widgets' defaults, also what a prompt without the input gets.
 DEFAULTS: dict[str, Any] = {"rank": 16, "alpha": 8.0, "lokr_factor": -1}
 #: What ``rank`` means per algorithm (its label in the dynamic layout, and its tooltip).
 _RANK_MEANING = {
@@ -61,11 +62,11 @@ def _input(name: str, algorithm: str | None, nested: bool) -> io.Input:
         label, tip = _RANK_MEANING.get(algorithm or "", ("rank", "The rank of the low-rank update."))
         if nested and label != "rank":
             extra["display_name"] = label
-        return io.Int.Input("rank", default=16, min=1, max=1024, tooltip=tip if nested else _RANK_TOOLTIP, **extra)
+        return io.Int.Input("rank", default=DEFAULTS["rank"], min=1, max=1024, tooltip=tip if nested else _RANK_TOOLTIP, **extra)
     if name == "alpha":
-        return io.Float.Input("alpha", default=8.0, min=0.0, max=4096.0, step=0.5, tooltip="Scale of the LoRA family: the update is multiplied by alpha / rank (alpha = rank: scale 1). Ignored by diag-oft, boft and full.", **extra)  # fmt: skip
+        return io.Float.Input("alpha", default=DEFAULTS["alpha"], min=0.0, max=4096.0, step=0.5, tooltip="Scale of the LoRA family: the update is multiplied by alpha / rank (alpha = rank: scale 1). Ignored by diag-oft, boft and full.", **extra)  # fmt: skip
     if name == "lokr_factor":
-        return io.Int.Input("lokr_factor", **({} if nested else ADVANCED), default=-1, min=-1, max=1024, tooltip="lokr only: the Kronecker factor (-1 = as balanced as possible; HDM's fine-tune used 4). Smaller factors give larger adapters.", **extra)  # fmt: skip
+        return io.Int.Input("lokr_factor", **({} if nested else ADVANCED), default=DEFAULTS["lokr_factor"], min=-1, max=1024, tooltip="lokr only: the Kronecker factor (-1 = as balanced as possible; HDM's fine-tune used 4). Smaller factors give larger adapters.", **extra)  # fmt: skip
     raise KeyError(name)
 
 
@@ -83,9 +84,8 @@ def algorithm_settings(algorithm: Any, **flat: Any) -> tuple[str, int, float, in
     """``(algorithm, rank, alpha, lokr_factor)`` from either layout (``v3.dynamic_choice``).
 
     ``algorithm`` is a name (flat layout) or the DynamicCombo's nested dict; ``flat`` holds the
-    flat-named values a prompt gave (older prompts). Ranges are checked by ``validate_inputs``.
+    flat-named values a prompt gave (older prompts). Names and ranges are checked by
+    ``validate_inputs`` when queued and by ``AdapterConfig`` when run.
     """
     algorithm, values = dynamic_choice("algorithm", algorithm, flat, DEFAULTS)
-    if not isinstance(algorithm, str) or algorithm not in ALGORITHM_INPUTS:
-        raise ValueError(f"algorithm {algorithm!r} is not one of the options ({', '.join(ALGORITHMS)})")
-    return algorithm, int(values["rank"]), float(values["alpha"]), int(values["lokr_factor"])
+    return str(algorithm), int(values["rank"]), float(values["alpha"]), int(values["lokr_factor"])

@@ -52,11 +52,12 @@ SOURCE_INPUTS: dict[str, tuple[str, ...]] = {
     "images": ("images", "resolution", "crop", "missing_captions", "bracket_mode", "captions"),
     "latent": ("latent", "conditioning"),
 }
+#: The widgets' defaults, also what a prompt without the input gets.
 DATA_DEFAULTS: dict[str, Any] = {
     "dataset_folder": "", "resolution": 1024, "crop": "bucket", "missing_captions": "error", "bracket_mode": "danbooru",
     "images": None, "captions": "", "latent": None, "conditioning": None,
 }  # fmt: skip
-_FLAT_HEAD = ("dataset_folder", "resolution", "crop", "missing_captions", "bracket_mode")
+_FLAT_HEAD = SOURCE_INPUTS["folder"]
 _FLAT_TAIL = ("images", "captions", "latent", "conditioning")
 _SOURCE_TOOLTIP = ("Where the training images come from: a dataset folder (images with same-name .txt captions), an IMAGE "
                    "batch with captions, or latents (VAE Encode with the EQ-SDXL-VAE) with their conditioning. "
@@ -67,19 +68,19 @@ def _input(name: str, *, nested: bool) -> io.Input:
     """One data input. Flat: as every release declared it. Nested: inside ``data_source`` (``captions`` optional)."""
     optional = {"optional": True} if (name in _FLAT_TAIL and not nested) or name == "captions" else {}
     if name == "dataset_folder":
-        return io.String.Input("dataset_folder", default="", tooltip="A kohya-style dataset folder: images with same-name .txt captions; sub-folders named N_name repeat their images N times. Absolute, or relative to ComfyUI's input folder." + ("" if nested else " Leave empty when training from 'images' or 'latent'."))  # fmt: skip
+        return io.String.Input("dataset_folder", default=DATA_DEFAULTS["dataset_folder"], tooltip="A kohya-style dataset folder: images with same-name .txt captions; sub-folders named N_name repeat their images N times. Absolute, or relative to ComfyUI's input folder." + ("" if nested else " Leave empty when training from 'images' or 'latent'."))  # fmt: skip
     if name == "resolution":
-        return io.Int.Input("resolution", default=1024, min=64, max=4096, step=16, tooltip="Training resolution in pixels (images are resized to about resolution x resolution; folder and IMAGE data).")  # fmt: skip
+        return io.Int.Input("resolution", default=DATA_DEFAULTS["resolution"], min=64, max=4096, step=16, tooltip="Training resolution in pixels (images are resized to about resolution x resolution; folder and IMAGE data).")  # fmt: skip
     if name == "crop":
-        return io.Combo.Input("crop", **ADVANCED, options=list(CROP_MODES), default="bucket", tooltip="bucket: aspect-ratio buckets in 16-px steps (each image keeps its shape). square: HDM's shifted square crop (short side = resolution, a random square along the long side). Either way the position map tells the model where the crop sits.")  # fmt: skip
+        return io.Combo.Input("crop", **ADVANCED, options=list(CROP_MODES), default=DATA_DEFAULTS["crop"], tooltip="bucket: aspect-ratio buckets in 16-px steps (each image keeps its shape). square: HDM's shifted square crop (short side = resolution, a random square along the long side). Either way the position map tells the model where the crop sits.")  # fmt: skip
     if name == "missing_captions":
-        return io.Combo.Input("missing_captions", **ADVANCED, options=MISSING_CAPTIONS, default="error", tooltip="What to do with images without a caption: 'error' stops with a list of them; 'empty' trains them with an empty caption (HDM's unconditional input).")  # fmt: skip
+        return io.Combo.Input("missing_captions", **ADVANCED, options=MISSING_CAPTIONS, default=DATA_DEFAULTS["missing_captions"], tooltip="What to do with images without a caption: 'error' stops with a list of them; 'empty' trains them with an empty caption (HDM's unconditional input).")  # fmt: skip
     if name == "bracket_mode":
-        return io.Combo.Input("bracket_mode", **ADVANCED, options=BRACKET_MODES, default="danbooru", tooltip="How captions are encoded, as in HDM Text Encode: danbooru keeps brackets in tags such as 'izuna (blue archive)' literal; comfy reads '(x)' as a weight. Use what you will use at inference.")  # fmt: skip
+        return io.Combo.Input("bracket_mode", **ADVANCED, options=BRACKET_MODES, default=DATA_DEFAULTS["bracket_mode"], tooltip="How captions are encoded, as in HDM Text Encode: danbooru keeps brackets in tags such as 'izuna (blue archive)' literal; comfy reads '(x)' as a weight. Use what you will use at inference.")  # fmt: skip
     if name == "images":
         return io.Image.Input("images", **optional, tooltip="Train on this IMAGE batch" + (" (with 'captions')." if nested else " instead of a folder (with 'captions')."))  # fmt: skip
     if name == "captions":
-        return io.String.Input("captions", **optional, multiline=True, default="", tooltip="Captions of the 'images' batch: one line per image, or a single line for all images.")  # fmt: skip
+        return io.String.Input("captions", **optional, multiline=True, default=DATA_DEFAULTS["captions"], tooltip="Captions of the 'images' batch: one line per image, or a single line for all images.")  # fmt: skip
     if name == "latent":
         return io.Latent.Input("latent", **optional, tooltip="Train on ready-made latents (VAE Encode with the EQ-SDXL-VAE), with 'conditioning'; no CLIP or VAE needed." if nested else "Train on ready-made latents instead (VAE Encode with the EQ-SDXL-VAE), with 'conditioning'; no CLIP or VAE needed.")  # fmt: skip
     if name == "conditioning":

@@ -21,24 +21,19 @@ import latent_preview
 
 from ..hdm_core.latents import VAE_SCALE
 from ..hdm_core.pipeline import GenerationParams
+from ..hdm_core.train.loop import AMP_DTYPES
 from ..hdm_core.train.preview import draw_preview_latent
+from .train_data import images_to_pil
 
 #: Sampling steps and CFG of a preview (the headless trainer's [sample] defaults).
 PREVIEW_STEPS = 20
 PREVIEW_CFG = 3.0
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def preview_params(latent: torch.Tensor, seed: int) -> GenerationParams:
     """Euler at :data:`PREVIEW_STEPS` steps, CFG :data:`PREVIEW_CFG`, the size of ``latent [4, h, w]``."""
     h, w = latent.shape[-2:]
     return GenerationParams(width=w * VAE_SCALE, height=h * VAE_SCALE, steps=PREVIEW_STEPS, cfg=PREVIEW_CFG, seed=int(seed))
-
-
-def tensor_image(pixels: torch.Tensor) -> Image.Image:
-    """The first image of a ComfyUI IMAGE batch ``[B, H, W, 3]`` in [0, 1] as PIL."""
-    arr = pixels[0, ..., :3].float().clamp(0, 1).mul(255).round().to(torch.uint8).cpu().numpy()
-    return Image.fromarray(arr)
 
 
 class TrainingPreview:
@@ -64,7 +59,7 @@ class TrainingPreview:
     def to_image(self, z: torch.Tensor) -> Image.Image:
         """A model-space latent ``[1, 4, h, w]`` → PIL, by the VAE when connected, else latent-to-RGB."""
         if self.vae is not None:
-            return tensor_image(self.vae.decode(self.model.model.process_latent_out(z.cpu())))
+            return images_to_pil(self.vae.decode(self.model.model.process_latent_out(z.cpu())))[0]
         fmt = self.model.model.latent_format
         return latent_preview.Latent2RGBPreviewer(fmt.latent_rgb_factors, fmt.latent_rgb_factors_bias).decode_latent_to_preview(z.cpu())
 
@@ -73,4 +68,4 @@ class TrainingPreview:
         self.send(step, ("JPEG", self.to_image(z), latent_preview.MAX_PREVIEW_RESOLUTION))
 
 
-__all__ = ["PREVIEW_CFG", "PREVIEW_STEPS", "TrainingPreview", "preview_params", "tensor_image"]
+__all__ = ["PREVIEW_CFG", "PREVIEW_STEPS", "TrainingPreview", "preview_params"]

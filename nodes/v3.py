@@ -17,12 +17,11 @@ from typing import Any
 from comfy_api.latest import ComfyExtension, io
 
 __all__ = [
-    "ADVANCED", "ComfyExtension", "DYNAMIC_INPUTS", "HAS_DYNAMIC_COMBO", "HAS_SEARCH_ALIASES", "check_inputs", "check_options",
+    "ADVANCED", "ComfyExtension", "DYNAMIC_INPUTS", "HAS_DYNAMIC_COMBO", "check_inputs", "check_options",
     "dynamic_choice", "io", "schema",
 ]  # fmt: skip
 
 _SCHEMA_FIELDS = {f.name for f in dataclasses.fields(io.Schema)}
-HAS_SEARCH_ALIASES = "search_aliases" in _SCHEMA_FIELDS
 HAS_DYNAMIC_COMBO = hasattr(io, "DynamicCombo")
 #: DynamicCombo *and* ``accept_all_inputs`` (v0.33): only then can a node show per-option inputs
 #: (API names ``algorithm.rank``) and still receive the flat inputs (``rank``) of prompts saved
@@ -118,9 +117,7 @@ def check_inputs(cls: type[io.ComfyNode], **values: Any) -> bool | str:
     schema_ = cls.define_schema()
     node, by_id = schema_.display_name, _inputs_by_id(schema_)
     combos = {i.id: i for i in schema_.inputs if HAS_DYNAMIC_COMBO and isinstance(i, io.DynamicCombo.Input)}
-    top = {k: v for k, v in values.items() if k not in combos or not isinstance(v, dict)}
-    problem = _option_problem(node, by_id, top) or _range_problem(node, by_id, top)
-    problem = problem or _option_problem(node, by_id, {c: values[c] for c in combos if c in values})  # the chosen keys
+    problem = _option_problem(node, by_id, values) or _range_problem(node, by_id, values)  # (a combo dict: its key)
     for combo, input_ in combos.items():
         nested = values.get(combo)
         option = next((o for o in input_.options if isinstance(nested, dict) and o.key == nested.get(combo)), None)

@@ -11,7 +11,8 @@
 // (`data_source.latent`) when linked, so their links survive.
 
 // Widget values of the flat layouts, in the order every release so far saved them
-// (nodes/saved_layouts.py holds the same lists; tests/test_saved_layouts.py checks they agree).
+// (tests/test_comfy_dynamic_combo.py and tests/tipo/test_tipo_backend_combo.py check them against the
+// nodes' widgets on hosts without DynamicCombo).
 // `control_after_generate` is the seed's control widget.
 export const LEGACY_WIDGETS = {
   HDMTrainLyCORIS: [
@@ -71,10 +72,11 @@ const READERS = {
     read(values, defs) {
       const names = LEGACY_WIDGETS.HDMTrainLyCORIS;
       const at = (name) => values[names.indexOf(name)];
-      const algorithms = defs.algorithm?.[0] === DYNAMIC ? Object.keys(dynamicOptions(defs.algorithm)) : [];
+      // (a host with DynamicCombos has them for both algorithm and data source)
+      const algorithms = Object.keys(dynamicOptions(defs.algorithm));
       const flat = values.length >= 12 && values.length <= names.length && isIn(at("crop"), defs.crop)
         && isIn(at("missing_captions"), defs.missing_captions) && isIn(at("bracket_mode"), defs.bracket_mode)
-        && (algorithms.includes(at("algorithm")) || isIn(at("algorithm"), defs.algorithm));
+        && algorithms.includes(at("algorithm"));
       if (!flat) return null;
       const byName = {};
       const algo = names.indexOf("algorithm");
