@@ -336,6 +336,14 @@ class Comfy:
             (folder / "config.json").write_text(json.dumps({"model_type": "llama", "note": "test placeholder"}))
         return folder
 
+    def write_dataset(self, name: str) -> Path:
+        """A two-image folder (with captions) named ``name`` in ComfyUI's input folder, as the training
+        workflows and prompts name it (HDM Train LyCORIS checks that it exists when queued)."""
+        folder = self.root / "input" / name
+        if not folder.exists():
+            sys.modules["standins"].write_image_folder(folder, [(64, 64)] * 2, seed=4)  # (tests/conftest.py loads it)
+        return folder
+
     def write_lora(self, name: str = "hdm-lora.safetensors", **kwargs) -> Path:
         path = self.models / "loras" / name
         if not path.exists():
@@ -502,6 +510,17 @@ def dynamic_combos(node) -> dict[str, dict[str, list]]:
                     for o in d[1]["options"]
                 }  # fmt: skip
     return found
+
+
+def widget_names(node) -> list[str]:
+    """A node's widgets in the order a UI workflow saves their values (flat layout: DynamicCombos
+    count as one widget), ``control_after_generate`` after a seed that has one."""
+    spec = node.INPUT_TYPES() if hasattr(node, "INPUT_TYPES") else node
+    names = []
+    for name, d in list(spec.get("required", {}).items()) + list(spec.get("optional", {}).items()):
+        if is_widget(d):
+            names += [name, "control_after_generate"] if d[1].get("control_after_generate") else [name]
+    return names
 
 
 def input_definitions(node) -> dict:
@@ -685,16 +704,18 @@ def txt2img_prompt(text: str = "1girl, izuna (blue archive), smile", negative: s
 
 # ----------------------------------------------------------------------------- validation
 def validation_errors(cui: "Comfy", prompt: dict) -> list[str]:
-    """The details of every node error ComfyUI reports when the prompt is queued (the image is the output)."""
-    prompt = dict(prompt, out={"class_type": "HDMTestCapture", "inputs": {"value": ["8", 0], "name": "image"}})
+    """The details of every node error ComfyUI reports when the prompt is queued (the output: the
+    image of node "8", HDM VAE Decode in :func:`txt2img_prompt`, unless the prompt has its own)."""
+    if not any(n["class_type"] == "HDMTestCapture" for n in prompt.values()):
+        prompt = dict(prompt, out={"class_type": "HDMTestCapture", "inputs": {"value": ["8", 0], "name": "image"}})
     ok, error, _, node_errors = asyncio.run(cui.execution.validate_prompt("v3", prompt, None))
     assert ok or node_errors, error
     return [] if ok else [e["details"] for err in node_errors.values() for e in err["errors"]]
 
 
-def train_prompt(**inputs) -> dict:
-    """txt2img whose MODEL first goes through HDM Train LyCORIS (one fast step on the v3_dataset folder)."""
-    prompt = txt2img_prompt()
+def train_inputs(**overrides) -> dict:
+    """HDM Train LyCORIS's inputs under their flat names: one fast lora step on the ``v3_dataset``
+    folder with the files of HDM Checkpoint Loader "1"; ``overrides`` replace or add inputs."""
     base = {
         "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "dataset_folder": "v3_dataset", "resolution": 64, "crop": "bucket",
         "missing_captions": "error", "bracket_mode": "danbooru", "algorithm": "lora", "rank": 4, "alpha": 4.0, "lokr_factor": -1,
@@ -702,8 +723,21 @@ def train_prompt(**inputs) -> dict:
         "warmup_steps": 0, "tread_rate": 0.5, "seed": 0, "save_name": "v3_check", "save_every": 0,
         "gradient_checkpointing": False, "precision": "auto",
     }  # fmt: skip
-    base.update(inputs)
-    prompt["9"] = {"class_type": "HDMTrainLyCORIS", "inputs": base}
+    return {**base, **overrides}
+
+
+def train_only_prompt(**overrides) -> dict:
+    """HDM Checkpoint Loader "1" (the harness's tiny files) → HDM Train LyCORIS "2" (:func:`train_inputs`)."""
+    return {
+        "1": {"class_type": "HDMCheckpointLoader", "inputs": {"ckpt_name": CKPT_NAME, "text_encoder": TE_NAME}},
+        "2": {"class_type": "HDMTrainLyCORIS", "inputs": train_inputs(**overrides)},
+    }
+
+
+def train_prompt(**inputs) -> dict:
+    """txt2img whose MODEL first goes through HDM Train LyCORIS "9" (:func:`train_inputs`)."""
+    prompt = txt2img_prompt()
+    prompt["9"] = {"class_type": "HDMTrainLyCORIS", "inputs": train_inputs(**inputs)}
     prompt["7"]["inputs"]["model"] = ["9", 0]
     return prompt
 

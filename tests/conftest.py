@@ -72,15 +72,9 @@ def find_fixtures() -> Path | None:
 
 
 def find_comfyui() -> Path | None:
-    """ComfyUI checkout per DEVELOPERS.md: ``COMFYUI_PATH``, grandparent folder, ``~/ComfyUI``."""
-    candidates = []
-    if os.environ.get("COMFYUI_PATH"):
-        candidates.append(Path(os.environ["COMFYUI_PATH"]).expanduser())
-    candidates += [REPO.parent.parent, Path.home() / "ComfyUI"]
-    for c in candidates:
-        if (c / "comfy" / "model_management.py").is_file():
-            return c.resolve()
-    return None
+    """ComfyUI checkout per DEVELOPERS.md: ``COMFYUI_PATH``, grandparent folder, ``~/ComfyUI``
+    (one rule, in tests/frontend/frontend_server.py, which its scripts use too)."""
+    return sys.modules["frontend_server"].comfyui_path()
 
 
 @pytest.fixture(scope="session")
@@ -121,10 +115,7 @@ def cui(comfyui_path):
 @pytest.fixture
 def v3_dataset(cui):
     """The two-image folder ``train_prompt`` names, in ComfyUI's input folder (the node checks it exists)."""
-    folder = cui.root / "input" / "v3_dataset"
-    if not folder.exists():
-        sys.modules["standins"].write_image_folder(folder, [(64, 64)] * 2, seed=4)
-    return folder
+    return cui.write_dataset("v3_dataset")
 
 
 def pytest_report_header(config) -> list[str]:

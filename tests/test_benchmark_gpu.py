@@ -90,6 +90,7 @@ def test_flop_count_equals_an_independent_count(smoke):
     size, ctx, neg = setup["size"], setup["ctx"], setup["neg_tokens"]
     rows_, cols_ = patch_grid(size, size, config.patch_size)
     num_img = rows_ * cols_
+    checked = set()
     for r in results["speed"]:
         b = r["batch"]
         if r["impl"] == "ours, eager, 2 calls":
@@ -104,6 +105,8 @@ def test_flop_count_equals_an_independent_count(smoke):
         else:
             continue
         assert r["flops"] == hooked_flops(config, calls), r["impl"]
+        checked.add(r["impl"])
+    assert len(checked) == 3, checked  # every counted kind of row was there (a rename would skip it)
     routed = {r["batch"]: r["flops"] for r in results["speed"] if "TREAD" in r["impl"]}
     full = {r["batch"]: r["flops"] for r in results["speed"] if r["impl"] == "ours, eager, 2 calls"}
-    assert all(routed[b] < full[b] for b in full)  # TREAD on the negative removes backbone work
+    assert full and all(routed[b] < full[b] for b in full)  # TREAD on the negative removes backbone work

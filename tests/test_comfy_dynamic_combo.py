@@ -30,19 +30,11 @@ def dynamic(cui) -> bool:
     return bool(H.dynamic_combos(train_cls(cui)))
 
 
-def widget_names(spec: dict) -> list[str]:
-    names = []
-    for name, d in list(spec.get("required", {}).items()) + list(spec.get("optional", {}).items()):
-        if H.is_widget(d):
-            names += [name, "control_after_generate"] if d[1].get("control_after_generate") else [name]
-    return names
-
-
 def test_flat_hosts_keep_the_saved_layout_and_dynamic_hosts_show_each_options_own_inputs(cui):
     spec = train_cls(cui).INPUT_TYPES()
     legacy = H.saved_layouts_js([])["LEGACY_WIDGETS"][NODE]
     if not dynamic(cui):  # 0.3.64: exactly the widgets every release saved, in that order
-        assert widget_names(spec) == legacy
+        assert H.widget_names(spec) == legacy
         return
     top = set(spec["required"]) | set(spec["optional"])
     assert not (set(FLAT) | {"dataset_folder", "resolution", "crop", "images", "latent", "conditioning", "captions"}) & top

@@ -21,7 +21,6 @@ import pytest
 import torch
 
 import hdm_comfy_harness as H  # registered by tests/conftest.py
-import standins as SI  # registered by tests/conftest.py
 
 LEGACY = Path(__file__).resolve().parent / "fixtures" / "legacy_workflows"
 REFERENCE = LEGACY / "reference_outputs.json"
@@ -71,9 +70,7 @@ def prepare(cui, name: str) -> dict:
         write_tiny_tipo(cui)
     if name == "hdm_train_lycoris":
         train_id = H.find_node(prompt, "HDMTrainLyCORIS")
-        folder = cui.root / "input" / prompt[train_id]["inputs"]["dataset_folder"]
-        if not folder.exists():
-            SI.write_image_folder(folder, [(64, 64)] * 2, seed=4)
+        cui.write_dataset(prompt[train_id]["inputs"]["dataset_folder"])
     return prompt
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 import hdm_comfy_harness as H  # registered by tests/conftest.py
-import standins as SI  # registered by tests/conftest.py
 
 EXPECTED_NODES = {
     "HDMCheckpointLoader": "HDM Checkpoint Loader",
@@ -20,7 +19,6 @@ EXPECTED_NODES = {
     "HDMPromptFormat": "HDM Prompt Format",
 }
 WORKFLOW_NAMES = sorted(p.stem for p in H.WORKFLOWS.glob("*.json"))
-WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN")
 
 
 def write_workflow_models(cui, name: str) -> None:
@@ -30,9 +28,7 @@ def write_workflow_models(cui, name: str) -> None:
     if name == "hdm_tipo":
         cui.write_tipo_stub("TIPO-200M-ft2")
     if name == "hdm_train_lycoris":  # its dataset folder must exist: HDM Train LyCORIS checks it when the prompt is queued
-        folder = cui.root / "input" / "hdm_dataset"
-        if not folder.exists():
-            SI.write_image_folder(folder, [(64, 64)] * 2, seed=4)
+        cui.write_dataset("hdm_dataset")
     for node in H.load_api_workflow(name).values():  # img2img/inpainting: the picture LoadImage names, in the input folder
         if node["class_type"] == "LoadImage":
             from PIL import Image

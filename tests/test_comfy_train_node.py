@@ -90,13 +90,8 @@ def node_module(cui):
 def run(cui, loaded, **overrides):
     """The node's ``execute`` under inference mode, as ComfyUI's executor calls it (``io.NodeOutput``)."""
     model, clip, vae = loaded
-    kwargs = dict(
-        model=model, dataset_folder=DATASET, resolution=64, crop="bucket", missing_captions="error",
-        bracket_mode="danbooru", algorithm="lora", rank=4, alpha=4.0, lokr_factor=-1, target="attn-mlp", exclude="",
-        steps=3, batch_size=2, learning_rate=1e-2, scheduler="constant", warmup_steps=0, tread_rate=0.5, seed=0,
-        save_name="run", save_every=0, gradient_checkpointing=False, precision="auto", clip=clip, vae=vae,
-    )  # fmt: skip
-    kwargs.update(overrides)
+    run_defaults = dict(model=model, clip=clip, vae=vae, dataset_folder=DATASET, steps=3, batch_size=2, learning_rate=1e-2, save_name="run")
+    kwargs = H.train_inputs(**{**run_defaults, **overrides})
     with torch.inference_mode():
         return H.execute_node(train_node(cui), **kwargs)
 
@@ -404,9 +399,7 @@ def test_training_workflow_runs_headless(cui, loras, dataset):
     """workflows/api/hdm_train_lycoris.json at test size: train on a tiny folder, sample with the result, save."""
     prompt = H.shrink(H.load_api_workflow("hdm_train_lycoris"), steps=2)
     train_id, sampler = H.find_node(prompt, "HDMTrainLyCORIS"), H.find_node(prompt, "HDMSampler")
-    folder = cui.root / "input" / prompt[train_id]["inputs"]["dataset_folder"]
-    if not folder.exists():
-        SI.write_image_folder(folder, [(64, 64)] * 2, seed=4)
+    cui.write_dataset(prompt[train_id]["inputs"]["dataset_folder"])
     prompt[train_id]["inputs"].update(resolution=64, batch_size=1, save_every=0)
     before = set((cui.root / "output").rglob("*.png"))
     result = cui.run(prompt, {"image": (H.find_node(prompt, "HDMVAEDecode"), 0), "curve": (train_id, 1), "name": (train_id, 2)})

@@ -36,22 +36,12 @@ def _every_update(monkeypatch):
     torch.set_num_threads(before)
 
 
-def _prompt(save_name: str, preview_every: int | None, vae: bool = True) -> dict:
-    inputs = {
-        "model": ["1", 0], "clip": ["1", 1], "dataset_folder": DATASET, "resolution": 64,
-        "crop": "bucket", "missing_captions": "error", "bracket_mode": "danbooru", "algorithm": "lokr", "rank": 4,
-        "alpha": 4.0, "lokr_factor": 4, "target": "attn", "exclude": "", "steps": 4, "batch_size": 1,
-        "learning_rate": 1e-2, "scheduler": "constant", "warmup_steps": 0, "tread_rate": 0.5, "seed": 3,
-        "save_name": save_name, "save_every": 0, "gradient_checkpointing": False, "precision": "fp32", "captions": "",
-    }  # fmt: skip
-    if vae:
-        inputs["vae"] = ["1", 2]
-    if preview_every is not None:
-        inputs["preview_every"] = preview_every
-    return {
-        "1": {"class_type": "HDMCheckpointLoader", "inputs": {"ckpt_name": H.CKPT_NAME, "text_encoder": H.TE_NAME}},
-        "2": {"class_type": "HDMTrainLyCORIS", "inputs": inputs},
-    }
+def _prompt(save_name: str, preview_every: int | None) -> dict:
+    extra = {} if preview_every is None else {"preview_every": preview_every}
+    return H.train_only_prompt(
+        dataset_folder=DATASET, algorithm="lokr", lokr_factor=4, target="attn", steps=4, learning_rate=1e-2, seed=3,
+        save_name=save_name, precision="fp32", captions="", **extra,
+    )  # fmt: skip
 
 
 def _previews(result) -> list[tuple[int, object]]:
@@ -66,7 +56,6 @@ def _saved(cui, name: str) -> dict[str, torch.Tensor]:
 
 
 def test_previews_every_n_steps_and_the_same_adapter_as_without(cui, dataset):
-    cui.progress = []
     on = cui.run(_prompt("preview_on", 2), {"name": ("2", 2)})
     assert on.ok, on.error()
     previews = _previews(on)
@@ -81,7 +70,6 @@ def test_previews_every_n_steps_and_the_same_adapter_as_without(cui, dataset):
     params = module.preview_params(torch.zeros(4, 6, 8), 3)
     assert (params.width, params.height, params.seed, params.steps) == (64, 48, 3, module.PREVIEW_STEPS)
 
-    cui.progress = []
     off = cui.run(_prompt("preview_off", 0), {"name": ("2", 2)})
     legacy = cui.run(_prompt("preview_absent", None), {"name": ("2", 2)})  # workflows saved before the input existed
     assert off.ok and legacy.ok, (off.error(), legacy.error())
@@ -94,8 +82,7 @@ def test_previews_every_n_steps_and_the_same_adapter_as_without(cui, dataset):
 
 def test_without_a_vae_the_preview_is_the_latent_preview(cui, dataset, monkeypatch):
     """Training from latents needs no VAE; previews then use the model's latent-to-RGB factors."""
-    cui.progress = []
-    prompt = _prompt("preview_latent2rgb", 4, vae=False)
+    prompt = _prompt("preview_latent2rgb", 4)
     # the folder still needs the VAE to encode it; give it, but let the preview see none (as with latents)
     module = sys.modules[cui.hdm.__name__ + ".train_preview"]
     original = module.TrainingPreview.__init__
@@ -104,7 +91,6 @@ def test_without_a_vae_the_preview_is_the_latent_preview(cui, dataset, monkeypat
         original(self, model, None, *args, **kwargs)
 
     monkeypatch.setattr(module.TrainingPreview, "__init__", no_vae)
-    prompt["2"]["inputs"]["vae"] = ["1", 2]
     result = cui.run(prompt, {"name": ("2", 2)})
     assert result.ok, result.error()
     (step, (fmt, image, _)), = _previews(result)

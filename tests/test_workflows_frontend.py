@@ -30,12 +30,6 @@ NAMES = sorted(p.stem for p in F.WORKFLOWS.glob("*.json"))
 VIEWPORT = (1600, 900)
 LEGACY = Path(__file__).resolve().parent / "fixtures" / "legacy_workflows"
 LEGACY_NAMES = sorted(p.stem for p in LEGACY.glob("*.json") if p.stem != "reference_outputs")
-def host_has_dynamic_combo(comfyui_path: Path) -> bool:
-    """Whether this ComfyUI gives HDM Train LyCORIS its DynamicCombo (nodes/v3.py DYNAMIC_INPUTS)."""
-    source = (comfyui_path / "comfy_api" / "latest" / "_io.py").read_text()
-    return "class DynamicCombo" in source and "accept_all_inputs" in source
-
-
 def squeezed_train_workflow(tmp: Path) -> Path:
     """hdm_train_lycoris as it was saved before the layout fix: HDM Train LyCORIS saved far smaller
     than the frontend draws it, the next column placed right after the saved width."""
@@ -77,7 +71,7 @@ def drawn(comfyui_path, tmp_path_factory):
     finally:
         srv.stop()
     report["templates"] = templates
-    report["dynamic"] = host_has_dynamic_combo(comfyui_path)
+    report["dynamic"] = bool(H.dynamic_combos(object_info["HDMTrainLyCORIS"]["input"]))  # what this frontend was given
     report["object_info"] = object_info
     report["legacy_widgets"] = H.saved_layouts_js([])["LEGACY_WIDGETS"]  # (web/hdm_saved_layouts.js)
     assert not report["page_errors"], report["page_errors"]

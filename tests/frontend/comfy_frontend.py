@@ -164,16 +164,6 @@ GROUPS = {
 }
 
 
-def group_members(ui: dict, group: dict) -> list[int]:
-    """Node ids of a group: ``hdm_nodes`` while laying out, else the nodes whose boxes (title bar
-    included, ``title_height`` 30 as LiteGraph draws it) lie inside the group's bounding."""
-    if "hdm_nodes" in group:
-        return list(group["hdm_nodes"])
-    x, y, w, h = group["bounding"]
-    return [n["id"] for n in ui["nodes"]
-            if x <= n["pos"][0] and n["pos"][0] + n["size"][0] <= x + w and y <= n["pos"][1] - 30 and n["pos"][1] + n["size"][1] <= y + h]
-
-
 def layout(ui: dict, drawn: list[dict], title_height: float, name: str = "", origin=(40.0, 100.0)) -> dict:
     """New ``pos``/``size`` for every node: columns in data order, each stacked top-down.
 

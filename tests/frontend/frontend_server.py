@@ -31,9 +31,10 @@ PLACEHOLDERS = (
 
 
 def comfyui_path() -> Path | None:
-    """``COMFYUI_PATH``, the pack's grandparent folder, or ~/ComfyUI (as tests/conftest.py finds it)."""
+    """The ComfyUI checkout the tests use: ``COMFYUI_PATH``, the pack's grandparent folder, or
+    ~/ComfyUI, the first that holds ``comfy/model_management.py`` (tests/conftest.py asks here)."""
     for c in (os.environ.get("COMFYUI_PATH"), str(REPO.parent.parent), str(Path.home() / "ComfyUI")):
-        if c and (Path(c).expanduser() / "main.py").is_file() and (Path(c).expanduser() / "comfy").is_dir():
+        if c and (Path(c).expanduser() / "comfy" / "model_management.py").is_file():
             return Path(c).expanduser().resolve()
     return None
 

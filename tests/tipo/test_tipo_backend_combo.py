@@ -39,7 +39,7 @@ def pack(cui):
 
 
 def dynamic(cui) -> bool:
-    return "backend" in node(cui).INPUT_TYPES().get("optional", {})
+    return bool(H.dynamic_combos(node(cui)))
 
 
 @pytest.fixture(scope="module")
@@ -134,20 +134,12 @@ def loaded(cui):
 # ----------------------------------------------------------------------------- the schema
 
 
-def widget_names(spec: dict) -> list[str]:
-    names = []
-    for name, d in list(spec["required"].items()) + list(spec.get("optional", {}).items()):
-        if H.is_widget(d):
-            names += [name, "control_after_generate"] if d[1].get("control_after_generate") else [name]
-    return names
-
-
 def test_the_flat_layout_is_todays_with_precision_last(cui, both):
     if dynamic(cui):
         pytest.skip("this ComfyUI has DynamicCombo: see the dynamic layout's test")
     spec = node(cui).INPUT_TYPES()
-    assert widget_names(spec) == H.saved_layouts_js([])["LEGACY_WIDGETS"]["HDMTipoPrompt"]  # (web/hdm_saved_layouts.js)
-    assert widget_names(spec)[-1] == "precision"
+    assert H.widget_names(spec) == H.saved_layouts_js([])["LEGACY_WIDGETS"]["HDMTipoPrompt"]  # (web/hdm_saved_layouts.js)
+    assert H.widget_names(spec)[-1] == "precision"
     assert list(spec["optional"]) == ["precision"]  # optional: workflows saved without it validate (default auto)
     precision = spec["optional"]["precision"]
     assert H.combo_options(precision) == PRECISIONS and precision[1]["default"] == "auto"

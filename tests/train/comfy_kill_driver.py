@@ -16,19 +16,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
-def train_prompt(H, dataset: str, save_name: str, *, steps: int, save_every: int) -> dict:
-    """HDM Checkpoint Loader (the harness's tiny files) → HDM Train LyCORIS on a folder."""
-    return {
-        "1": {"class_type": "HDMCheckpointLoader", "inputs": {"ckpt_name": H.CKPT_NAME, "text_encoder": H.TE_NAME}},
-        "2": {"class_type": "HDMTrainLyCORIS", "inputs": {
-            "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "dataset_folder": dataset, "resolution": 64,
-            "crop": "bucket", "missing_captions": "error", "bracket_mode": "danbooru", "algorithm": "lora", "rank": 4,
-            "alpha": 4.0, "lokr_factor": -1, "target": "attn-mlp", "exclude": "", "steps": steps, "batch_size": 1,
-            "learning_rate": 0.01, "scheduler": "constant", "warmup_steps": 0, "tread_rate": 0.5, "seed": 0,
-            "save_name": save_name, "save_every": save_every, "gradient_checkpointing": False, "precision": "auto"}},
-    }  # fmt: skip
-
-
 def main(comfyui: str, loras: str, dataset: str) -> int:
     sys.path.insert(0, comfyui)
     spec = importlib.util.spec_from_file_location("hdm_comfy_harness", REPO / "tests" / "comfy_harness.py")
@@ -37,7 +24,7 @@ def main(comfyui: str, loras: str, dataset: str) -> int:
     spec.loader.exec_module(H)
     cui = H.get_comfy(Path(comfyui))
     cui.folder_paths.add_model_folder_path("loras", loras, is_default=True)
-    prompt = train_prompt(H, dataset, "killed", steps=4, save_every=1)
+    prompt = H.train_only_prompt(dataset_folder=dataset, save_name="killed", steps=4, save_every=1, learning_rate=0.01)
     result = cui.run(prompt)
     print("finished", result.ok, result.error(), flush=True)
     return 0 if result.ok else 1

@@ -371,14 +371,9 @@ def test_a_failed_save_stops_every_data_parallel_process(tmp_path):
 
 
 def test_comfyui_node_save_failure_is_a_clear_error_and_keeps_the_last_good_file(cui, si, tmp_path, monkeypatch):
-    import importlib.util
-
     import hdm_comfy_harness as H
     import safetensors.torch as st
 
-    spec = importlib.util.spec_from_file_location("hdm_comfy_kill_driver", HERE / "comfy_kill_driver.py")
-    driver = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(driver)
     loras = tmp_path / "loras"
     loras.mkdir()
     si.write_image_folder(tmp_path / "data", [(64, 64), (64, 64)])
@@ -392,7 +387,8 @@ def test_comfyui_node_save_failure_is_a_clear_error_and_keeps_the_last_good_file
     monkeypatch.setattr(st, "save_file", disk_full)
     cui.folder_paths.add_model_folder_path("loras", str(loras), is_default=True)
     try:
-        result = cui.run(driver.train_prompt(H, str(tmp_path / "data"), "failing", steps=2, save_every=1))
+        prompt = H.train_only_prompt(dataset_folder=str(tmp_path / "data"), save_name="failing", steps=2, save_every=1, learning_rate=0.01)
+        result = cui.run(prompt)
     finally:
         cui.folder_paths.folder_names_and_paths["loras"][0].remove(str(loras))
     err = result.error()
